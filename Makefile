@@ -1,0 +1,28 @@
+# Two entry points, each doing its own set-up (a virtual environment in .venv, the project installed into it):
+#   make quick   the whole DVC pipeline with the quick profile on the real data (minutes on a 2-core CPU)
+#   make test    the test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export FARNET_DATA_MIRROR ?= $(abspath ../shared/data)
+
+.PHONY: setup quick paper test
+
+$(BIN)/farnet: pyproject.toml requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(BIN)/farnet
+
+setup: $(BIN)/farnet
+
+quick: setup
+	test -d .dvc || $(BIN)/dvc init --quiet
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp run --name quick-$$(date +%Y%m%d-%H%M%S) -S profile=quick
+
+paper: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,227 @@
+"""Typed configuration: ``params.yaml`` mapped onto frozen dataclasses.
+
+``params.yaml`` holds the paper's protocol as the base and named *profiles* (``profiles.quick``) whose keys are
+merged over the base when ``profile`` names one. This is the one place that reads the file: unknown keys, wrong
+types and bad choices raise :class:`~farnet.errors.ConfigError` naming the dotted key. Modules never see these
+objects; only the ``build_*`` factories and the pipeline stages do.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from farnet.errors import ConfigError
+
+Backbone = Literal["vgg16", "vgg19", "resnet101", "resnet152", "densenet121", "densenet169"]
+
+
+@dataclass(frozen=True)
+class DataParams:
+    dataset: Literal["isbi2015"] = "isbi2015"
+    annotator: Literal["mean", "senior", "junior"] = "mean"
+    input_hw: tuple[int, int] = (800, 640)
+    train_limit: int | None = None  # keep the first N training images (reduced profiles only)
+
+
+@dataclass(frozen=True)
+class HeatmapParams:
+    sigma_px: float = 10.0  # paper §4.2, in each head's own pixels
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    backbone: Backbone = "densenet121"
+    pretrained: str = "none"  # "imagenet" (needs internet), "none", or a path to a state dict
+    fusion: Literal["concat", "add"] = "concat"  # MSFA vs MSFA(+) of Table 2
+    refinement: Literal["guided", "naive", "none"] = "guided"  # FR, FR*, no FR
+    fr_input_kernel: int = 3  # paper §3.1.2: 3x3; the authors' code: 1x1
+
+
+@dataclass(frozen=True)
+class LossParams:
+    name: Literal["ewc", "l2"] = "ewc"
+    alpha: float = 40.0  # EWC base, paper eq. 3
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    optimizer: Literal["adam", "adadelta"] = "adam"
+    lr: float = 1e-4
+    lr_milestones: tuple[int, ...] = (200,)
+    lr_gamma: float = 0.1
+    epochs: int = 300
+    batch_size: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    num_workers: int = 0
+    checkpoint_every: int = 1
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    select: Literal["last", "best_test1"] = "last"
+    sdr_radii_mm: tuple[float, ...] = (2.0, 2.5, 3.0, 4.0)
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class Params:
+    profile: str = "paper"
+    seed: int = 0
+    data: DataParams = field(default_factory=DataParams)
+    heatmap: HeatmapParams = field(default_factory=HeatmapParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    loss: LossParams = field(default_factory=LossParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    eval: EvalParams = field(default_factory=EvalParams)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read a params file, apply its profile and validate every key.
+
+    Raises:
+        ConfigError: the file is missing or not a mapping, a key is unknown, a value has the wrong type or
+            is not one of the allowed choices, or ``profile`` names no entry of ``profiles``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return params_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    """Build :class:`Params` from a parsed params mapping (profile merged, then validated)."""
+    raw = copy.deepcopy(raw)
+    profiles = raw.pop("profiles", None) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError("profiles: expected a mapping of profile name to overrides")
+    profile = raw.get("profile", "paper")
+    if profile != "paper":
+        if profile not in profiles:
+            raise ConfigError(f"profile: {profile!r} is not defined under profiles (have: {sorted(profiles)})")
+        raw = _merge(raw, profiles[profile], "profiles." + str(profile))
+    params = _build(Params, raw, "")
+    _check_values(params)
+    return params
+
+
+def _check_values(p: Params) -> None:
+    """Range checks that types alone cannot express."""
+    checks = [
+        ("data.input_hw", all(v > 0 and v % 32 == 0 for v in p.data.input_hw), "both sizes must be positive multiples of 32"),
+        ("data.train_limit", p.data.train_limit is None or p.data.train_limit > 0, "must be positive or null"),
+        ("heatmap.sigma_px", p.heatmap.sigma_px > 0, "must be > 0"),
+        ("loss.alpha", p.loss.alpha >= 1, "must be >= 1 (weight 1 on the background)"),
+        ("model.fr_input_kernel", p.model.fr_input_kernel in (1, 3, 5, 7), "must be 1, 3, 5 or 7"),
+        ("train.lr", p.train.lr > 0, "must be > 0"),
+        ("train.epochs", p.train.epochs > 0, "must be > 0"),
+        ("train.batch_size", p.train.batch_size > 0, "must be > 0"),
+        ("train.num_workers", p.train.num_workers >= 0, "must be >= 0"),
+        ("train.checkpoint_every", p.train.checkpoint_every > 0, "must be > 0"),
+        ("eval.sdr_radii_mm", len(p.eval.sdr_radii_mm) > 0 and all(r > 0 for r in p.eval.sdr_radii_mm), "must be positive radii"),
+        ("eval.batch_size", p.eval.batch_size > 0, "must be > 0"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            value = p
+            for part in key.split("."):
+                value = getattr(value, part)
+            raise ConfigError(f"{key}: {value!r} {why}")
+
+
+def effective_dict(params: Params) -> dict[str, Any]:
+    """The resolved parameters as plain data (for provenance and checkpoints)."""
+    return _plain(dataclasses.asdict(params))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _merge(base: dict, override: Any, where: str) -> dict:
+    if not isinstance(override, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, f"{where}.{key}")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'params'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{key}: unknown key (allowed here: {', '.join(sorted(names))})")
+    values = {}
+    for name in names & set(raw):
+        values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # internal: a field type we do not map

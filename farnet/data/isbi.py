@@ -1,0 +1,253 @@
+"""Reader of the ISBI 2015 cephalometric landmark dataset (Wang et al. 2016; paper §4.1).
+
+400 lateral cephalograms of 1935×2400 pixels at 0.1 mm/pixel, 19 landmarks each, annotated by a senior and
+a junior doctor. Two layouts are accepted:
+
+- the original: ``RawImage/<split>/NNN.bmp`` at full size (scale 1), no manifest;
+- the project's mirror: ``RawImage/<split>/NNN.jpg`` at half size (968×1200) with ``MANIFEST.json`` giving
+  each image's stored/original scale (0.5) and original size (the mirror padded one column to 1936 before
+  halving, so W_stored/scale = 1936, not 1935).
+
+Both keep the annotations ``AnnotationsByMD/{400_senior,400_junior}/NNN.txt``: the first 19 lines are
+"x,y" in ORIGINAL pixel coordinates (0-based, pixel centres at integers); later lines are ignored. A sample
+stores its landmarks in original pixels; a point in the stored image is x_s = (x + 0.5)·scale − 0.5.
+Reading samples never decodes an image (only its header, to check its size).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from farnet.errors import DataError
+
+__all__ = [
+    "NUM_LANDMARKS",
+    "SPACING_MM",
+    "ORIGINAL_WH",
+    "LANDMARK_NAMES",
+    "ISBI_SPLITS",
+    "ANNOTATORS",
+    "Sample",
+    "read_annotation",
+    "read_isbi2015",
+]
+
+NUM_LANDMARKS = 19
+SPACING_MM = 0.1  # per ORIGINAL pixel, both axes
+ORIGINAL_WH = (1935, 2400)
+LANDMARK_NAMES = (
+    "sella", "nasion", "orbitale", "porion", "subspinale", "supramentale", "pogonion", "menton", "gnathion",
+    "gonion", "lower incisal incision", "upper incisal incision", "upper lip", "lower lip", "subnasale",
+    "soft tissue pogonion", "posterior nasal spine", "anterior nasal spine", "articulare",
+)
+
+
+class IsbiSplit(NamedTuple):
+    """One official split: its image folder and inclusive range of image numbers."""
+
+    folder: str
+    first: int
+    last: int
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"{i:03d}" for i in range(self.first, self.last + 1)]
+
+
+ISBI_SPLITS = {
+    "train": IsbiSplit("TrainingData", 1, 150),
+    "test1": IsbiSplit("Test1Data", 151, 300),
+    "test2": IsbiSplit("Test2Data", 301, 400),
+}
+ANNOTATORS = ("mean", "senior", "junior")  # mean of both doctors is the paper's ground truth
+_ANNOTATION_FOLDERS = {"senior": "400_senior", "junior": "400_junior"}
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One image and its landmarks, as every dataset reader returns it (nothing decoded).
+
+    Attributes:
+        image_id: e.g. "001".
+        image_path: the stored image file.
+        landmarks_px: (K, 2) float64 (x, y) in ORIGINAL pixel coordinates; read-only.
+        original_wh: (W, H) of the original image the landmarks refer to.
+        stored_wh: (W, H) of the stored file.
+        spacing_mm: mm per original pixel, or None when the dataset has no physical unit.
+        scale_xy: stored/original scale per axis, x_s = (x + 0.5)·scale − 0.5; None means
+            stored_wh / original_wh (exact for any plain resize; the ISBI mirror needs 0.5 explicitly).
+    """
+
+    image_id: str
+    image_path: Path
+    landmarks_px: np.ndarray  # (K, 2) original px, float64
+    original_wh: tuple[int, int]
+    stored_wh: tuple[int, int]
+    spacing_mm: float | None
+    scale_xy: tuple[float, float] | None = None
+
+    @property
+    def stored_scale_xy(self) -> tuple[float, float]:
+        """Stored/original scale per axis (x, y)."""
+        if self.scale_xy is not None:
+            return self.scale_xy
+        return (self.stored_wh[0] / self.original_wh[0], self.stored_wh[1] / self.original_wh[1])
+
+
+def read_annotation(path: str | Path, num_landmarks: int = NUM_LANDMARKS,
+                    image_wh: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an ISBI annotation file: the first ``num_landmarks`` lines are "x,y" in original pixels.
+
+    Lines after the first ``num_landmarks`` (the official files may carry extra lines) are ignored.
+
+    Args:
+        path: the .txt file.
+        num_landmarks: K, lines to read.
+        image_wh: (W, H) of the original image; when given, every point must lie inside it
+            (−0.5 ≤ x ≤ W − 0.5, likewise y).
+
+    Returns:
+        (K, 2) float64 (x, y).
+
+    Raises:
+        DataError: naming the file and the 1-based line, for a missing line, a line that is not two
+            numbers, NaN/inf, or a point outside the image; or naming the file if it cannot be read.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise DataError(path, "annotation file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, f"cannot read annotation file: {err}") from err
+    points = np.empty((num_landmarks, 2), dtype=np.float64)  # (K, 2)
+    for index in range(num_landmarks):
+        line_no = index + 1
+        text = lines[index].strip() if index < len(lines) else ""
+        if not text:
+            found = sum(1 for line in lines[:num_landmarks] if line.strip())
+            raise DataError(path, f"expected {num_landmarks} lines 'x,y', found {found} (line {line_no} is "
+                                  f"{'empty' if index < len(lines) else 'missing'})", line=line_no)
+        fields = text.split(",")
+        try:
+            if len(fields) != 2:
+                raise ValueError
+            x, y = float(fields[0]), float(fields[1])
+        except ValueError:
+            raise DataError(path, f"expected 'x,y' (two numbers), got {text!r}", line=line_no) from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise DataError(path, f"non-finite coordinate {text!r}", line=line_no)
+        if image_wh is not None:
+            width, height = image_wh
+            if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
+                raise DataError(path, f"point ({x:g}, {y:g}) outside the {width}x{height} image", line=line_no)
+        points[index] = x, y
+    return points
+
+
+def _check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(W, H) from the image header, without decoding the pixels."""
+    if not path.is_file():
+        raise DataError(path, "image file not found")
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(path, f"cannot read image header ({type(err).__name__}: {err})") from err
+
+
+def _load_manifest(path: Path) -> dict[str, dict]:
+    try:
+        manifest = json.loads(path.read_text())
+        return {str(entry["id"]): entry for entry in manifest["files"]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(path, f"malformed manifest: {type(err).__name__}: {err}") from err
+
+
+def _image_geometry(root: Path, image_id: str, split: IsbiSplit, manifest: dict[str, dict] | None,
+                    manifest_path: Path) -> tuple[Path, tuple[int, int], tuple[int, int], tuple[float, float]]:
+    """(image path, original (W, H), stored (W, H), scale (x, y)) of one image in either layout."""
+    if manifest is None:  # original layout: full-size BMPs
+        path = root / "RawImage" / split.folder / f"{image_id}.bmp"
+        size = _image_size(path)
+        if size != ORIGINAL_WH:
+            raise DataError(path, f"original-layout image is {size[0]}x{size[1]}, expected "
+                                  f"{ORIGINAL_WH[0]}x{ORIGINAL_WH[1]} (or give a MANIFEST.json with its scale)")
+        return path, ORIGINAL_WH, size, (1.0, 1.0)
+    entry = manifest.get(image_id)
+    if entry is None:
+        raise DataError(manifest_path, f"image {image_id} is not listed")
+    try:
+        rel = Path(entry["path"])
+        original = (int(entry["original_width"]), int(entry["original_height"]))
+        stored = (int(entry["stored_width"]), int(entry["stored_height"]))
+        scale = (float(entry["scale_x"]), float(entry["scale_y"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(manifest_path, f"malformed entry for image {image_id}: {type(err).__name__}: {err}") from err
+    if rel.is_absolute() or ".." in rel.parts or not all(s > 0 for s in (*original, *stored, *scale)):
+        raise DataError(manifest_path, f"bad entry for image {image_id}: path {str(rel)!r}, sizes "
+                                       f"{original}/{stored}, scale {scale}")
+    path = root / rel
+    size = _image_size(path)
+    if size != stored:
+        raise DataError(path, f"image is {size[0]}x{size[1]} but the manifest says {stored[0]}x{stored[1]}")
+    return path, original, stored, scale
+
+
+def read_isbi2015(root: str | Path, split: str, annotator: str = "mean",
+                  *, ids: Iterable[str] | None = None) -> list[Sample]:
+    """Read one split of ISBI 2015 (train 001–150, test1 151–300, test2 301–400).
+
+    Args:
+        root: dataset folder (mirror layout with MANIFEST.json, or the original BMP layout).
+        split: "train", "test1" or "test2".
+        annotator: ground truth: "mean" of both doctors (the paper), "senior" or "junior".
+        ids: only these image ids of the split (e.g. for a quick profile); None = the whole split.
+
+    Returns:
+        One :class:`Sample` per image, in id order, landmarks (19, 2) in original pixels, 0.1 mm/px.
+
+    Raises:
+        ValueError: unknown split or annotator, or an id outside the split.
+        DataError: a missing or malformed image, annotation or manifest, naming the file.
+    """
+    root = Path(root)
+    _check_choice("split", split, ISBI_SPLITS)
+    _check_choice("annotator", annotator, ANNOTATORS)
+    spec = ISBI_SPLITS[split]
+    wanted = spec.ids
+    if ids is not None:
+        chosen = sorted({str(i) for i in ids})
+        outside = [i for i in chosen if i not in wanted]
+        if outside:
+            raise ValueError(f"ids {outside} are not in split {split!r} ({wanted[0]}-{wanted[-1]})")
+        wanted = chosen
+    manifest_path = root / "MANIFEST.json"
+    manifest = _load_manifest(manifest_path) if manifest_path.is_file() else None
+    folders = [_ANNOTATION_FOLDERS[a] for a in (("senior", "junior") if annotator == "mean" else (annotator,))]
+
+    samples = []
+    for image_id in wanted:
+        path, original_wh, stored_wh, scale = _image_geometry(root, image_id, spec, manifest, manifest_path)
+        annotations = [read_annotation(root / "AnnotationsByMD" / folder / f"{image_id}.txt",
+                                       NUM_LANDMARKS, original_wh) for folder in folders]
+        landmarks = np.mean(annotations, axis=0)  # (K, 2); mean of both doctors, or the one chosen
+        landmarks.setflags(write=False)
+        samples.append(Sample(image_id=image_id, image_path=path, landmarks_px=landmarks,
+                              original_wh=original_wh, stored_wh=stored_wh, spacing_mm=SPACING_MM,
+                              scale_xy=scale))
+    return samples

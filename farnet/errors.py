@@ -1,0 +1,38 @@
+"""The project's own error types.
+
+Every problem with user input (a config key, an image, an annotation file, a checkpoint) is raised as a
+subclass of :class:`FarnetError`, with the offending path (and line, for text files) in the message, so a
+researcher can go straight to the bad file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FarnetError(Exception):
+    """Base class of every error this project raises on bad input."""
+
+
+class ConfigError(FarnetError, ValueError):
+    """A params file has an unknown key, a wrong type or a bad value."""
+
+
+class DataError(FarnetError, ValueError):
+    """A data file is missing, unreadable or malformed.
+
+    Args:
+        path: the offending file.
+        message: what is wrong with it.
+        line: 1-based line number in a text file, when the problem is on one line.
+    """
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None):
+        self.path = Path(path)
+        self.line = line
+        where = f"{self.path}:{line}" if line is not None else str(self.path)
+        super().__init__(f"{where}: {message}")
+
+
+class TrainingDiverged(FarnetError, RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""

@@ -1,0 +1,85 @@
+"""FARNet: backbone + MSFA + FR with coarse-to-fine supervision (paper §3.1, Fig. 2).
+
+One class covers the network and its Table 2 variants through options:
+``fusion`` ("concat" = MSFA, "add" = MSFA(+)) and ``refinement`` ("guided" = MSFA+FR with coarse-to-fine
+supervision, "naive" = MSFA+FR*, "none" = MSFA alone). The forward pass returns every supervised head:
+``fine`` (B, K, H, W) from FR and ``coarse`` (B, K, H/2, W/2) from MSFA, either of which may be absent.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from farnet.backbone import Backbone
+from farnet.msfa import MultiScaleFeatureAggregation
+from farnet.refinement import FeatureRefinement
+
+REFINEMENTS = ("guided", "naive", "none")
+
+
+class Heatmaps(NamedTuple):
+    """Supervised outputs of a landmark network; ``None`` where a variant has no such head."""
+
+    fine: torch.Tensor | None  # (B, K, H, W)
+    coarse: torch.Tensor | None  # (B, K, H/2, W/2)
+
+
+class FARNet(nn.Module):
+    """Feature aggregation and refinement network.
+
+    Args:
+        backbone: a :class:`~farnet.backbone.Backbone`.
+        num_landmarks: K.
+        fusion: "concat" (MSFA) or "add" (MSFA(+)).
+        refinement: "guided" (FR), "naive" (FR*: no MSFA supervision, no MSFA heatmaps) or "none" (MSFA only).
+        fr_input_kernel: kernel of FR's input conv (paper 3, authors' code 1).
+    """
+
+    def __init__(self, backbone: Backbone, num_landmarks: int, fusion: str = "concat", refinement: str = "guided",
+                 fr_input_kernel: int = 3):
+        super().__init__()
+        if refinement not in REFINEMENTS:
+            raise ValueError(f"refinement {refinement!r} is not one of {', '.join(REFINEMENTS)}")
+        if num_landmarks < 1:
+            raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
+        self.backbone = backbone
+        self.num_landmarks = num_landmarks
+        self.refinement = refinement
+        full_res = backbone.has_full_resolution
+        levels = backbone.channels[1:] if full_res else backbone.channels  # C1..Cn
+        self.msfa = MultiScaleFeatureAggregation(levels, None if refinement == "naive" else num_landmarks, fusion)
+        self.fr = None
+        if refinement != "none":
+            self.fr = FeatureRefinement(self.msfa.out_channels, num_landmarks, guided=refinement == "guided",
+                                        c0_channels=backbone.channels[0] if full_res else None,
+                                        input_kernel=fr_input_kernel)
+        elif full_res:
+            raise ValueError("a full-resolution (VGG) backbone needs the FR module: its first block is C0")
+
+    def forward(self, image: torch.Tensor) -> Heatmaps:
+        """(B, 3, H, W) normalised image -> :class:`Heatmaps`."""
+        feats = self.backbone(image)
+        c0 = None
+        if self.backbone.has_full_resolution:
+            c0, feats = feats[0], feats[1:]
+        features, coarse = self.msfa(feats)
+        fine = self.fr(image, features, coarse, c0) if self.fr is not None else None
+        return Heatmaps(fine=fine, coarse=coarse)
+
+
+def final_heatmaps(out: Heatmaps, size_hw: tuple[int, int]) -> torch.Tensor:
+    """The heatmaps to decode, at the input resolution: FR's, else MSFA's up-sampled (MSFA-only variant)."""
+    if out.fine is not None:
+        return out.fine
+    return F.interpolate(out.coarse, size=size_hw, mode="bilinear", align_corners=False)
+
+
+def build_model(params, num_landmarks: int) -> FARNet:
+    """Build FARNet from a :class:`~farnet.config.ModelParams` section."""
+    backbone = Backbone(params.backbone, params.pretrained)
+    return FARNet(backbone, num_landmarks, fusion=params.fusion, refinement=params.refinement,
+                  fr_input_kernel=params.fr_input_kernel)

@@ -1,0 +1,329 @@
+"""Figures of ``results/plots/``: SDR curves, per-landmark errors, Fig. 5 overlays, Fig. 4 EWC, training, ours vs paper.
+
+Each function draws one figure from plain inputs (arrays, DataFrames, a dvclive folder), writes one PNG
+atomically, closes the figure and returns the path. Every figure built from a run carries that run's label in
+its title (``farnet.provenance.run_label``, e.g. "quick profile — not a replication"); a caller that passes no
+label gets a title that claims nothing. Matplotlib runs headless (Agg), so stages work on servers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: set before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from farnet.errors import DataError  # noqa: E402
+from farnet.tables import per_landmark_errors  # noqa: E402
+
+DPI = 120
+UNLABELLED = "run profile not stated — not a replication"
+PAPER_RADII_MM = (2.0, 2.5, 3.0, 4.0)
+PRED_COLOR, TRUE_COLOR = "red", "blue"  # as in the paper's Fig. 5
+
+
+def _title(fig: plt.Figure, title: str, label: str | None) -> None:
+    fig.suptitle(f"{title}\n{label or UNLABELLED}", fontsize=11)
+
+
+def _save(fig: plt.Figure, out: str | Path) -> Path:
+    """Write ``fig`` as PNG to a temp file beside ``out``, rename it over ``out``, close the figure."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format="png", dpi=DPI)
+            os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be read by others
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    finally:
+        plt.close(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sdr_curve(errors_mm: np.ndarray, radii_mm: np.ndarray) -> np.ndarray:
+    """Successful detection rate (%) at each radius: the share of errors ≤ radius (paper §4.1).
+
+    Args:
+        errors_mm: (N,) radial errors.
+        radii_mm: (R,) radii.
+
+    Returns:
+        (R,) percentages.
+    """
+    ordered = np.sort(np.asarray(errors_mm, dtype=float).ravel())
+    return 100.0 * np.searchsorted(ordered, radii_mm, side="right") / ordered.size
+
+
+def plot_sdr_curve(errors_mm_by_split: Mapping[str, np.ndarray], out: str | Path, *, label: str | None = None,
+                   radii_mm: Sequence[float] = PAPER_RADII_MM, max_mm: float = 10.0) -> Path:
+    """Cumulative error distribution (SDR vs radius, 0 to ``max_mm``) per test set.
+
+    Args:
+        errors_mm_by_split: split name (e.g. "Test1") → (N,) radial errors in mm over images and landmarks.
+        out: PNG path.
+        label: run label for the title.
+        radii_mm: radii marked by vertical lines, with the SDR there in the legend.
+        max_mm: right end of the radius axis.
+
+    Raises:
+        ValueError: no splits, an empty split, or a negative / non-finite error.
+    """
+    if not errors_mm_by_split:
+        raise ValueError("plot_sdr_curve needs at least one split")
+    by_split = {split: np.asarray(errors, dtype=float).ravel() for split, errors in errors_mm_by_split.items()}
+    for split, errors in by_split.items():
+        if errors.size == 0 or not np.all(np.isfinite(errors)) or np.any(errors < 0):
+            raise ValueError(f"split {split!r}: errors must be a non-empty array of finite values ≥ 0")
+    radii = np.linspace(0.0, max_mm, 1001)
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    for split, errors in by_split.items():
+        at_marks = ", ".join(f"{r:g}: {v:.1f}" for r, v in zip(radii_mm, sdr_curve(errors, np.asarray(radii_mm))))
+        line, = ax.plot(radii, sdr_curve(errors, radii),
+                        label=f"{split} (n = {errors.size}, MRE {errors.mean():.2f} mm; SDR % at mm {at_marks})")
+        ax.plot(radii_mm, sdr_curve(errors, np.asarray(radii_mm)), "o", color=line.get_color(), ms=4)
+    for radius in radii_mm:
+        ax.axvline(radius, color="gray", ls="--", lw=0.8)
+    ax.set(xlim=(0, max_mm), ylim=(0, 100.5), xlabel="radius (mm)", ylabel="SDR (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    _title(fig, "Cumulative error distribution", label)
+    return _save(fig, out)
+
+
+def plot_per_landmark_mre(df_per_landmark: pd.DataFrame, out: str | Path, *, label: str | None = None) -> Path:
+    """Mean radial error per landmark, one bar per split, with SD error bars.
+
+    Args:
+        df_per_landmark: columns ``split, landmark, name, mre_mm, sd_mm`` (see
+            :func:`farnet.tables.per_landmark_errors`), or a predictions table with ``error_mm`` (its
+            argmax rows are aggregated here).
+        out: PNG path.
+        label: run label for the title.
+
+    Raises:
+        ValueError: a required column is missing or the table is empty.
+    """
+    df = df_per_landmark
+    if "mre_mm" not in df.columns and "error_mm" in df.columns:
+        df = per_landmark_errors(df)
+    missing = {"split", "landmark", "name", "mre_mm", "sd_mm"} - set(df.columns)
+    if missing or df.empty:
+        raise ValueError(f"per-landmark table is empty or lacks columns {sorted(missing)}")
+    landmarks = df[["landmark", "name"]].drop_duplicates().sort_values("landmark")
+    splits = list(dict.fromkeys(df["split"]))
+    x = np.arange(len(landmarks))
+    width = 0.8 / len(splits)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.4 * len(landmarks) + 2), 4.8), layout="constrained")
+    for i, split in enumerate(splits):
+        rows = landmarks.merge(df[df["split"] == split], on=["landmark", "name"], how="left")
+        ax.bar(x + (i - (len(splits) - 1) / 2) * width, rows["mre_mm"], width, yerr=rows["sd_mm"],
+               capsize=2, label=split, error_kw={"lw": 0.8})
+    ax.set_xticks(x, [f"{n + 1}. {name}" for n, name in zip(landmarks["landmark"], landmarks["name"])],
+                  rotation=60, ha="right", fontsize=7)
+    ax.set(ylabel="MRE ± SD (mm)", xlim=(-0.6, len(landmarks) - 0.4))
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    _title(fig, "Mean radial error per landmark", label)
+    return _save(fig, out)
+
+
+def plot_overlays(images: Sequence[np.ndarray], preds_xy: Sequence[np.ndarray], trues_xy: Sequence[np.ndarray],
+                  titles: Sequence[str], out: str | Path, *, label: str | None = None, ncols: int | None = None,
+                  numbers: bool = True) -> Path:
+    """Fig. 5-style grid: predictions in red, ground truth in blue, a thin line joining each pair.
+
+    Coordinates are (x, y) in the pixels of the image as given (map them first, e.g. original → input
+    size with x_in = (x + 0.5)/ax − 0.5). Landmarks are numbered from 1 (the clinical L1, L2, … convention).
+
+    Args:
+        images: each (H, W) grayscale, uint8 or float.
+        preds_xy: each (K, 2) predicted landmarks.
+        trues_xy: each (K, 2) ground-truth landmarks.
+        titles: one per image (e.g. the image id and its MRE).
+        out: PNG path.
+        label: run label for the figure title.
+        ncols: images per row (default: up to 4).
+        numbers: write each landmark's number beside its prediction.
+
+    Raises:
+        ValueError: the sequences differ in length, or an image or landmark array has the wrong shape.
+    """
+    n = len(images)
+    if n == 0 or not len(preds_xy) == len(trues_xy) == len(titles) == n:
+        raise ValueError(f"need equal non-zero counts of images, predictions, truths and titles, got "
+                         f"{n}, {len(preds_xy)}, {len(trues_xy)}, {len(titles)}")
+    images = [np.asarray(image) for image in images]
+    preds_xy = [np.asarray(pred, dtype=float) for pred in preds_xy]
+    trues_xy = [np.asarray(true, dtype=float) for true in trues_xy]
+    for image, pred, true, title in zip(images, preds_xy, trues_xy, titles):
+        if image.ndim != 2 or pred.ndim != 2 or pred.shape[1] != 2 or pred.shape != true.shape:
+            raise ValueError(f"{title!r}: need an (H, W) image and two (K, 2) arrays, got {image.shape}, "
+                             f"{pred.shape}, {true.shape}")
+    ncols = ncols or min(n, 4)
+    nrows = -(-n // ncols)
+    height, width = images[0].shape
+    panel_w = 4.0
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                             figsize=(panel_w * ncols, panel_w * height / width * nrows + 0.6))
+    for ax, image, pred, true, title in zip(axes.flat, images, preds_xy, trues_xy, titles):
+        ax.imshow(image, cmap="gray")
+        size = max(2.0, 12.0 - 0.15 * len(pred))  # smaller markers when there are many landmarks (spine: 68)
+        for (xp, yp), (xt, yt) in zip(pred, true):
+            ax.plot([xp, xt], [yp, yt], color="yellow", lw=0.5)
+        ax.scatter(true[:, 0], true[:, 1], s=size, c=TRUE_COLOR, label="ground truth", linewidths=0)
+        ax.scatter(pred[:, 0], pred[:, 1], s=size, c=PRED_COLOR, label="prediction", linewidths=0)
+        if numbers:
+            for k, (xp, yp) in enumerate(pred, start=1):
+                ax.annotate(str(k), (xp, yp), xytext=(2, 2), textcoords="offset points", color="red", fontsize=5)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlim(-0.5, image.shape[1] - 0.5)
+        ax.set_ylim(image.shape[0] - 0.5, -0.5)
+        ax.axis("off")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(loc="lower left", fontsize=6, markerscale=2)
+    _title(fig, "Predicted (red) vs ground-truth (blue) landmarks", label)
+    return _save(fig, out)
+
+
+def plot_ewc_weight(alpha: float, out: str | Path) -> Path:
+    """Fig. 4: the EWC loss (y − ŷ)²·α^y (paper eq. 3) against the prediction ŷ, and the weight α^y against y.
+
+    Args:
+        alpha: EWC base α (``loss.alpha``; the paper's is 40).
+        out: PNG path.
+
+    Raises:
+        ValueError: ``alpha`` is not positive.
+    """
+    if not alpha > 0:
+        raise ValueError(f"alpha must be positive, got {alpha!r}")
+    y_hat = np.linspace(0.0, 1.0, 201)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+    for y in (0.0, 0.25, 0.5, 0.75, 1.0):
+        line, = left.plot(y_hat, (y - y_hat) ** 2 * alpha**y, label=f"y = {y:g} (weight {alpha**y:.3g})")
+        left.plot(y_hat, (y - y_hat) ** 2, ls=":", lw=0.8, color=line.get_color())
+    left.set(xlabel=r"prediction $\hat{y}$", ylabel=r"loss $(y-\hat{y})^2\,\alpha^{y}$",
+             title="EWC loss (solid) vs L2 (dotted)")
+    left.legend(fontsize=8)
+    y = np.linspace(0.0, 1.0, 201)
+    right.plot(y, alpha**y)
+    right.set(xlabel="ground-truth heatmap intensity y", ylabel=r"weight $\alpha^{y}$",
+              title=f"weight: 1 far from a landmark, α = {alpha:g} at it")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Exponential Weighted Center loss (paper eq. 3, Fig. 4), α = {alpha:g}", fontsize=11)
+    return _save(fig, out)
+
+
+def read_dvclive_metrics(dvclive_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Every metric TSV that dvclive wrote, keyed by its path below ``plots/metrics`` without ``.tsv``.
+
+    Args:
+        dvclive_dir: a dvclive folder (holding ``plots/metrics``), or the metrics folder itself.
+
+    Returns:
+        e.g. ``{"train/loss": DataFrame(step, value), "lr": …}`` sorted by name.
+
+    Raises:
+        DataError: no TSV found, or a TSV lacks a ``step`` column or a value column.
+    """
+    root = Path(dvclive_dir)
+    metrics_dir = root / "plots" / "metrics" if (root / "plots" / "metrics").is_dir() else root
+    paths = sorted(metrics_dir.rglob("*.tsv"))
+    if not paths:
+        raise DataError(metrics_dir, "no dvclive metric files (*.tsv) found")
+    curves = {}
+    for path in paths:
+        table = pd.read_csv(path, sep="\t")
+        values = [c for c in table.columns if c not in ("timestamp", "step")]
+        if "step" not in table.columns or len(values) != 1:
+            raise DataError(path, f"expected columns timestamp, step and one metric; got {list(table.columns)}",
+                            line=1)
+        curves[path.relative_to(metrics_dir).with_suffix("").as_posix()] = pd.DataFrame(
+            {"step": table["step"], "value": pd.to_numeric(table[values[0]], errors="coerce")})
+    return curves
+
+
+def plot_training_curves(dvclive_dir: str | Path, out: str | Path, *, label: str | None = None) -> Path:
+    """One panel per logged metric against the dvclive step (one step per epoch), log scale when positive.
+
+    Args:
+        dvclive_dir: see :func:`read_dvclive_metrics`.
+        out: PNG path.
+        label: run label for the title.
+    """
+    curves = read_dvclive_metrics(dvclive_dir)
+    ncols = min(len(curves), 3)
+    nrows = -(-len(curves) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(4.5 * ncols, 3.4 * nrows + 0.6),
+                             layout="constrained")
+    for ax, (name, curve) in zip(axes.flat, curves.items()):
+        ax.plot(curve["step"], curve["value"], marker="." if len(curve) < 50 else None)
+        finite = curve["value"].dropna()
+        if len(finite) and (finite > 0).all():
+            ax.set_yscale("log")
+        if finite.empty:
+            ax.text(0.5, 0.5, "no values logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=name, xlabel="epoch (dvclive step)")
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    _title(fig, "Training curves", label)
+    return _save(fig, out)
+
+
+def plot_ours_vs_paper(df_ours_vs_paper: pd.DataFrame, out: str | Path, *, label: str | None = None,
+                       title: str = "Ours vs paper") -> Path:
+    """Grouped bars of the paper's value and ours for each metric; one panel per unit (mm, %, …).
+
+    Args:
+        df_ours_vs_paper: :func:`farnet.tables.ours_vs_paper` output: columns ``Metric, Paper, Ours`` and
+            optionally ``Unit`` and further ``Ours (…)`` columns (e.g. sub-pixel decoding), drawn as more bars.
+        out: PNG path.
+        label: run label for the title.
+        title: figure title (e.g. "Table 3 — ours vs paper").
+
+    Raises:
+        ValueError: a required column is missing or the table is empty.
+    """
+    df = df_ours_vs_paper
+    missing = {"Metric", "Paper", "Ours"} - set(df.columns)
+    if missing or df.empty:
+        raise ValueError(f"ours-vs-paper table is empty or lacks columns {sorted(missing)}")
+    series = ["Paper", "Ours"] + [c for c in df.columns if c.startswith("Ours (")]
+    unit_of_row = df["Unit"].fillna("") if "Unit" in df.columns else pd.Series("", index=df.index)
+    units = list(dict.fromkeys(unit_of_row))
+    widths = [int((unit_of_row == unit).sum()) for unit in units]
+    fig, axes = plt.subplots(1, len(units), squeeze=False, figsize=(max(6.0, 0.7 * len(df) + 3), 4.5),
+                             width_ratios=widths, layout="constrained")
+    bar = 0.8 / len(series)
+    for ax, unit in zip(axes.flat, units):
+        rows = df[unit_of_row == unit]
+        x = np.arange(len(rows))
+        for i, column in enumerate(series):
+            ax.bar(x + (i - (len(series) - 1) / 2) * bar, rows[column].astype(float), bar, label=column)
+        ax.set_xticks(x, rows["Metric"], rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(unit or "value")
+        ax.grid(axis="y", alpha=0.3)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=len(series), fontsize=8)
+    _title(fig, title, label)
+    return _save(fig, out)

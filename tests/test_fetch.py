@@ -1,0 +1,318 @@
+"""Tests of farnet.data.fetch: safe archive extraction, verified copies, the ISBI mirror fetch and the
+figshare path (offline, with canned answers)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import stat
+import sys
+import tarfile
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from farnet.data import fetch
+from farnet.data.fetch import (
+    copy_verified,
+    fetch_isbi2015,
+    mirror_from_env,
+    parse_figshare_files,
+    safe_extract,
+    sha256_file,
+)
+from farnet.data.isbi import read_isbi2015
+from farnet.errors import DataError
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_sha256_file_and_mirror_from_env(tmp_path, monkeypatch):
+    data = b"x" * (3 << 20) + b"tail"  # several chunks
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == _sha(data)
+    monkeypatch.delenv("FARNET_DATA_MIRROR", raising=False)
+    assert mirror_from_env("isbi2015") is None
+    monkeypatch.setenv("FARNET_DATA_MIRROR", str(tmp_path))
+    assert mirror_from_env("isbi2015") == tmp_path / "isbi2015"
+
+
+# ---- safe_extract -----------------------------------------------------------------------------------
+
+def _tar(path: Path, members: list[tuple[str, str, bytes | str]]) -> Path:
+    """members: (name, kind, data or link target) with kind 'file' | 'symlink' | 'hardlink'."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname = payload
+                tar.addfile(info)
+    return path
+
+
+def _zip(path: Path, members: list[tuple[str, str, bytes | str]]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, kind, payload in members:
+            info = zipfile.ZipInfo(name)
+            if kind == "symlink":
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                zf.writestr(info, payload)
+            else:
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                zf.writestr(info, payload)
+    return path
+
+
+BAD_MEMBERS = [
+    ([("../x", "file", b"evil")], r"refusing member '\.\./x': '\.\.' component"),
+    ([("/tmp/farnet_abs_test", "file", b"evil")], r"refusing member '/tmp/farnet_abs_test': absolute path"),
+    ([("a/../../x", "file", b"evil")], r"'\.\.' component"),
+    ([("link", "symlink", "../outside")], r"refusing member 'link': symlink to '\.\./outside' leaves"),
+    ([("sub/link", "symlink", "/etc/passwd")], r"symlink to '/etc/passwd' leaves"),
+    # a chain of links that each look harmless: here -> '.', then here/here/.. resolves above dest
+    ([("here", "symlink", "."), ("up", "symlink", "here/here/../..")], r"member 'up': symlink"),
+    ([("out", "symlink", "sub/../.."), ("ok.txt", "file", b"fine")], r"member 'out': symlink"),
+]
+
+
+@pytest.mark.parametrize("make", [_tar, _zip], ids=["tar", "zip"])
+@pytest.mark.parametrize("members,message", BAD_MEMBERS)
+def test_safe_extract_refuses(tmp_path, make, members, message):
+    archive = make(tmp_path / ("bad.tar.gz" if make is _tar else "bad.zip"), members)
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match=rf"{re.escape(archive.name)}: .*{message}"):
+        safe_extract(archive, dest)
+    assert list(dest.iterdir()) == []  # refused before anything was written
+    assert not (tmp_path / "x").exists() and not Path("/tmp/farnet_abs_test").exists()
+
+
+def test_safe_extract_refuses_escaping_hardlink(tmp_path):
+    archive = _tar(tmp_path / "h.tar.gz", [("a.txt", "file", b"a"), ("h", "hardlink", "../a.txt")])
+    with pytest.raises(DataError, match=r"member 'h': hard link to '\.\./a\.txt' leaves"):
+        safe_extract(archive, tmp_path / "dest")
+
+
+@pytest.mark.parametrize("make", [_tar, _zip], ids=["tar", "zip"])
+def test_safe_extract_good_archive(tmp_path, make):
+    archive = make(tmp_path / ("good.tar.gz" if make is _tar else "good.zip"),
+                   [("RawImage/TrainingData/001.txt", "file", b"one"), ("top.txt", "file", b"top"),
+                    ("RawImage/alias", "symlink", "TrainingData/001.txt")])
+    dest = tmp_path / "dest"
+    safe_extract(archive, dest)
+    assert (dest / "RawImage" / "TrainingData" / "001.txt").read_bytes() == b"one"
+    assert (dest / "top.txt").read_bytes() == b"top"
+    alias = dest / "RawImage" / "alias"
+    if make is _tar:  # tar makes a real link; zipfile writes the link target as the file's text
+        assert alias.is_symlink() and alias.read_bytes() == b"one"
+    else:
+        assert alias.read_bytes() == b"TrainingData/001.txt"
+
+
+def test_safe_extract_rar_without_rarfile_and_non_archive(tmp_path, monkeypatch):
+    rar = tmp_path / "RawImage.rar"
+    rar.write_bytes(b"Rar!\x1a\x07\x01\x00" + b"\x00" * 32)
+    monkeypatch.setitem(sys.modules, "rarfile", None)  # import fails even where rarfile is installed
+    with pytest.raises(DataError, match=r"RawImage\.rar: RAR archives need the 'rarfile' package.*unrar x"):
+        safe_extract(rar, tmp_path / "dest")
+    (tmp_path / "plain.bin").write_bytes(b"hello")
+    with pytest.raises(DataError, match=r"plain\.bin: not a zip, tar or RAR archive"):
+        safe_extract(tmp_path / "plain.bin", tmp_path / "dest")
+    with pytest.raises(DataError, match=r"nothing\.zip: archive not found"):
+        safe_extract(tmp_path / "nothing.zip", tmp_path / "dest")
+
+
+# ---- copy_verified and the ISBI mirror fetch ---------------------------------------------------------
+
+def _fake_mirror(root: Path, ids=("001", "151")) -> Path:
+    """A tiny mirror with the real layout and a MANIFEST.json of correct hashes."""
+    files = []
+    for image_id in ids:
+        folder = "TrainingData" if int(image_id) <= 150 else "Test1Data"
+        entry = {"id": image_id, "split": folder, "path": f"RawImage/{folder}/{image_id}.jpg", "annotations": {}}
+        data = f"image {image_id}".encode()
+        (root / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / entry["path"]).write_bytes(data)
+        entry["sha256"] = _sha(data)
+        for annotator in ("400_senior", "400_junior"):
+            rel = f"AnnotationsByMD/{annotator}/{image_id}.txt"
+            text = f"{annotator} {image_id}\n".encode()
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(text)
+            entry["annotations"][annotator] = {"path": rel, "sha256": _sha(text)}
+        files.append(entry)
+    (root / "MANIFEST.json").write_text(json.dumps({"files": files}))
+    return root
+
+
+def test_copy_verified_copies_skips_and_refuses(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "f.bin").write_bytes(b"data")
+    dest = tmp_path / "dest"
+    hashes = copy_verified(src, dest, [("a/f.bin", _sha(b"data")), ("a/f.bin", None)], progress=False)
+    assert hashes == {"a/f.bin": _sha(b"data")} and (dest / "a" / "f.bin").read_bytes() == b"data"
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("a file with the right hash must not be copied again")
+
+    monkeypatch.setattr(fetch.shutil, "copyfile", no_copy)
+    assert copy_verified(src, dest, [("a/f.bin", _sha(b"data"))], progress=False) == hashes
+    monkeypatch.undo()
+
+    (dest / "a" / "f.bin").write_bytes(b"stale")
+    with pytest.raises(DataError, match=r"src/a/f\.bin: sha256 mismatch for a/f\.bin: manifest says 0+, file has"):
+        copy_verified(src, dest, [("a/f.bin", "0" * 64)], progress=False)
+    assert sorted(p.name for p in (dest / "a").iterdir()) == ["f.bin"]  # no temp file left behind
+    assert (dest / "a" / "f.bin").read_bytes() == b"stale"  # the old file is not replaced by a bad one
+    with pytest.raises(DataError, match=r"src/a/gone\.bin: file listed in the manifest is missing"):
+        copy_verified(src, dest, [("a/gone.bin", None)], progress=False)
+    with pytest.raises(DataError, match=r"refusing path '\.\./f\.bin'"):
+        copy_verified(src, dest, [("../f.bin", None)], progress=False)
+
+
+def test_fetch_from_fake_mirror_and_wrong_hash(tmp_path):
+    mirror = _fake_mirror(tmp_path / "mirror")
+    dest = tmp_path / "data"
+    (dest / "RawImage" / "TrainingData").mkdir(parents=True)
+    (dest / "RawImage" / "TrainingData" / ".001.jpg.999.tmp").write_bytes(b"half")  # an interrupted run
+    summary = fetch_isbi2015(dest, mirror, progress=False)
+    assert summary == {"source": "mirror", "mirror": str(mirror), "n_images": 2, "files": 7}
+    fetched = json.loads((dest / "FETCHED.json").read_text())
+    assert fetched["sha256"]["RawImage/Test1Data/151.jpg"] == _sha(b"image 151")
+    assert (dest / "MANIFEST.json").read_text() == (mirror / "MANIFEST.json").read_text()
+    assert not list(dest.rglob("*.tmp"))
+
+    manifest = json.loads((mirror / "MANIFEST.json").read_text())
+    manifest["files"][1]["annotations"]["400_junior"]["sha256"] = "f" * 64
+    (mirror / "MANIFEST.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"AnnotationsByMD/400_junior/151\.txt: sha256 mismatch"):
+        fetch_isbi2015(tmp_path / "other", mirror, progress=False)
+    with pytest.raises(ValueError, match=r"image ids not in .*MANIFEST\.json: \['999'\]"):
+        fetch_isbi2015(tmp_path / "other", mirror, ids=["999"], progress=False)
+    with pytest.raises(DataError, match=r"nowhere: mirror folder not found \(check FARNET_DATA_MIRROR\)"):
+        fetch_isbi2015(dest, tmp_path / "nowhere", progress=False)
+    (mirror / "MANIFEST.json").write_text("[")
+    with pytest.raises(DataError, match=r"MANIFEST\.json: malformed manifest"):
+        fetch_isbi2015(dest, mirror, progress=False)
+
+
+@pytest.mark.mirror
+def test_fetch_from_real_mirror(mirror_root, tmp_path, monkeypatch):
+    mirror = mirror_root / "isbi2015"
+    if not (mirror / "MANIFEST.json").is_file():
+        pytest.skip(f"no isbi2015/MANIFEST.json under {mirror_root}")
+    dest = tmp_path / "isbi2015"
+    ids = ["001", "002", "151", "301"]
+    summary = fetch_isbi2015(dest, mirror, ids=ids, progress=False)
+    assert summary == {"source": "mirror", "mirror": str(mirror), "n_images": 4, "files": 14}
+    manifest = {f["id"]: f for f in json.loads((mirror / "MANIFEST.json").read_text())["files"]}
+    for image_id in ids:
+        entry = manifest[image_id]
+        assert sha256_file(dest / entry["path"]) == entry["sha256"]
+        for annotation in entry["annotations"].values():
+            assert sha256_file(dest / annotation["path"]) == annotation["sha256"]
+    assert json.loads((dest / "FETCHED.json").read_text())["n_images"] == 4
+    assert not list(dest.rglob("*.tmp"))
+    # The fetched copy reads like the mirror.
+    (got,) = read_isbi2015(dest, "test2", ids=["301"])
+    (want,) = read_isbi2015(mirror, "test2", ids=["301"])
+    assert got.stored_wh == want.stored_wh and (got.landmarks_px == want.landmarks_px).all()
+    # A re-run copies nothing.
+    monkeypatch.setattr(fetch.shutil, "copyfile", lambda *a, **k: pytest.fail("re-copied a verified file"))
+    fetch_isbi2015(dest, mirror, ids=ids, progress=False)
+
+
+# ---- figshare (offline: canned answers) --------------------------------------------------------------
+
+def _figshare_answer(archives: dict[str, bytes]) -> list[dict]:
+    answer = [{"id": 1, "name": "EvaluationCode.rar", "size": 3, "computed_md5": "0" * 32,
+               "download_url": "https://ndownloader.figshare.com/files/1"}]
+    for i, (name, data) in enumerate(archives.items(), start=2):
+        answer.append({"id": i, "name": name, "size": len(data), "is_link_only": False,
+                       "download_url": f"https://ndownloader.figshare.com/files/{i}",
+                       "supplied_md5": "", "computed_md5": hashlib.md5(data).hexdigest()})
+    return answer
+
+
+def test_parse_figshare_files():
+    answer = _figshare_answer({"RawImage.rar": b"raw", "AnnotationsByMD.rar": b"ann"})
+    files = parse_figshare_files(answer)
+    assert files == {
+        "RawImage.rar": {"url": "https://ndownloader.figshare.com/files/2", "md5": hashlib.md5(b"raw").hexdigest(),
+                         "size": 3},
+        "AnnotationsByMD.rar": {"url": "https://ndownloader.figshare.com/files/3",
+                                "md5": hashlib.md5(b"ann").hexdigest(), "size": 3},
+    }
+    with pytest.raises(DataError, match=r"figshare API: file 'AnnotationsByMD\.rar' not in the article"):
+        parse_figshare_files(answer[:2])
+    answer[1]["download_url"] = "http://insecure/x"
+    with pytest.raises(DataError, match=r"'RawImage\.rar' has no https download_url"):
+        parse_figshare_files(answer)
+    with pytest.raises(DataError, match=r"expected a list of file records"):
+        parse_figshare_files({"message": "rate limited"})
+
+
+class _Response(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_fetch_from_figshare_offline(tmp_path, monkeypatch):
+    # Zip bytes stand in for the RAR archives: safe_extract picks the format from the content.
+    archives = {"RawImage.rar": _zip_bytes({"RawImage/TrainingData/001.bmp": b"bmp1",
+                                            "RawImage/Test1Data/151.bmp": b"bmp151"}),
+                "AnnotationsByMD.rar": _zip_bytes({"AnnotationsByMD/400_senior/001.txt": b"1,2\n"})}
+    answer = _figshare_answer(archives)
+    by_url = {r["download_url"]: archives.get(r["name"], b"") for r in answer}
+
+    def urlopen(url, timeout):
+        if url == "https://api.figshare.com/v2/articles/3471833/files":
+            return _Response(json.dumps(answer).encode())
+        return _Response(by_url[url])
+
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", urlopen)
+    dest = tmp_path / "isbi"
+    summary = fetch_isbi2015(dest, None, progress=False)
+    assert summary == {"source": "figshare", "mirror": None, "n_images": 2, "files": 3}
+    assert (dest / "RawImage" / "Test1Data" / "151.bmp").read_bytes() == b"bmp151"
+    assert not (dest / "RawImage.rar").exists()
+    assert json.loads((dest / "FETCHED.json").read_text())["sha256"]["AnnotationsByMD/400_senior/001.txt"] == \
+        _sha(b"1,2\n")
+
+    answer[1]["computed_md5"] = "0" * 32
+    with pytest.raises(DataError, match=r"files/2: md5 mismatch"):
+        fetch_isbi2015(tmp_path / "again", None, progress=False)
+    assert not list((tmp_path / "again").glob("*.rar*")) and not list((tmp_path / "again").glob(".*"))
+
+
+def test_fetch_without_mirror_or_network_says_where_to_get_data(tmp_path, monkeypatch):
+    def offline(url, timeout):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match=r"cannot download ISBI 2015 from figshare .*figshare\.com/articles/"
+                                        r"dataset/3471833.*FARNET_DATA_MIRROR"):
+        fetch_isbi2015(tmp_path / "isbi", None, progress=False)
+    with pytest.raises(ValueError, match=r"ids filters a mirror fetch only"):
+        fetch_isbi2015(tmp_path / "isbi", None, ids=["001"], progress=False)
