@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -180,18 +181,19 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: Train
             with autocast(device, options.precision):
                 out = model(images)
             loss, parts = heatmap_loss(out, points, input_hw, options.sigma_px, loss_fn)
-            if not torch.isfinite(loss):
+            loss_value = loss.detach().item()
+            if not math.isfinite(loss_value):
                 last = f"epoch {start_epoch}" if ckpt_path.is_file() else "none written yet"
-                raise TrainingDiverged(f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
+                raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; "
                                        f"stopped. Last good checkpoint: {ckpt_path} ({last})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            sums["loss"] = sums.get("loss", 0.0) + loss_value
             for name, value in parts.items():
                 sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4g}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4g}")
         wall_s += time.perf_counter() - t0
         record = {"epoch": epoch + 1, "lr": lr, **{k: v / steps_per_epoch for k, v in sums.items()}}
         if validate is not None:

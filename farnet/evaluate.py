@@ -36,7 +36,7 @@ def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int =
     n = images.shape[0]
     hw = tuple(images.shape[1:3])
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).unsqueeze(1)
+        batch = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1)  # copy out of the mmap
         x = normalize(batch.to(device)).contiguous(memory_format=memory_format)
         with autocast(device, precision):
             heads = model(x)

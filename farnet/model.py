@@ -75,6 +75,8 @@ def final_heatmaps(out: Heatmaps, size_hw: tuple[int, int]) -> torch.Tensor:
     """The heatmaps to decode, at the input resolution: FR's, else MSFA's up-sampled (MSFA-only variant)."""
     if out.fine is not None:
         return out.fine
+    # deviation: the paper does not say how the MSFA-only row of Table 2 is decoded; its half-resolution
+    # heatmaps are up-sampled bilinearly to the input size and decoded like FR's.
     return F.interpolate(out.coarse, size=size_hw, mode="bilinear", align_corners=False)
 
 

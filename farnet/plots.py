@@ -22,7 +22,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from farnet.errors import DataError  # noqa: E402
-from farnet.tables import per_landmark_errors  # noqa: E402
 
 DPI = 120
 UNLABELLED = "run profile not stated — not a replication"
@@ -111,8 +110,7 @@ def plot_per_landmark_mre(df_per_landmark: pd.DataFrame, out: str | Path, *, lab
 
     Args:
         df_per_landmark: columns ``split, landmark, name, mre_mm, sd_mm`` (see
-            :func:`farnet.tables.per_landmark_errors`), or a predictions table with ``error_mm`` (its
-            argmax rows are aggregated here).
+            :func:`farnet.metrics.per_landmark`).
         out: PNG path.
         label: run label for the title.
 
@@ -120,8 +118,6 @@ def plot_per_landmark_mre(df_per_landmark: pd.DataFrame, out: str | Path, *, lab
         ValueError: a required column is missing or the table is empty.
     """
     df = df_per_landmark
-    if "mre_mm" not in df.columns and "error_mm" in df.columns:
-        df = per_landmark_errors(df)
     missing = {"split", "landmark", "name", "mre_mm", "sd_mm"} - set(df.columns)
     if missing or df.empty:
         raise ValueError(f"per-landmark table is empty or lacks columns {sorted(missing)}")
@@ -263,7 +259,7 @@ def read_dvclive_metrics(dvclive_dir: str | Path) -> dict[str, pd.DataFrame]:
 
 
 def plot_training_curves(dvclive_dir: str | Path, out: str | Path, *, label: str | None = None) -> Path:
-    """One panel per logged metric against the dvclive step (one step per epoch), log scale when positive.
+    """One panel per logged metric against the epoch (dvclive step + 1), log scale when positive.
 
     Args:
         dvclive_dir: see :func:`read_dvclive_metrics`.
@@ -276,13 +272,13 @@ def plot_training_curves(dvclive_dir: str | Path, out: str | Path, *, label: str
     fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(4.5 * ncols, 3.4 * nrows + 0.6),
                              layout="constrained")
     for ax, (name, curve) in zip(axes.flat, curves.items()):
-        ax.plot(curve["step"], curve["value"], marker="." if len(curve) < 50 else None)
+        ax.plot(curve["step"] + 1, curve["value"], marker="." if len(curve) < 50 else None)
         finite = curve["value"].dropna()
         if len(finite) and (finite > 0).all():
             ax.set_yscale("log")
         if finite.empty:
             ax.text(0.5, 0.5, "no values logged", ha="center", va="center", transform=ax.transAxes)
-        ax.set(title=name, xlabel="epoch (dvclive step)")
+        ax.set(title=name, xlabel="epoch")
         ax.grid(alpha=0.3, which="both")
     for ax in axes.flat[len(curves):]:
         ax.axis("off")

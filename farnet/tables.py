@@ -149,26 +149,6 @@ def ours_vs_paper(ours: Mapping[str, float], paper: Mapping[str, float | None],
     return pd.DataFrame(rows, columns=["Metric", "Unit", "Paper", "Ours", "Difference"])
 
 
-def per_landmark_errors(predictions: pd.DataFrame, decode: str = "argmax") -> pd.DataFrame:
-    """Mean radial error and its SD per split and landmark (an extra table beyond the paper).
-
-    Args:
-        predictions: a predictions table (see :func:`read_predictions`).
-        decode: which decoding's rows to use ("argmax" is the paper's).
-
-    Returns:
-        Columns ``split, landmark, name, n, mre_mm, sd_mm`` (SD with ddof = 0, like ``numpy.std``).
-
-    Raises:
-        ValueError: no rows have this decode.
-    """
-    rows = predictions[predictions["decode"] == decode]
-    if rows.empty:
-        raise ValueError(f"no predictions with decode={decode!r} (have {sorted(predictions['decode'].unique())})")
-    grouped = rows.groupby(["split", "landmark", "name"], sort=True)["error_mm"]
-    return grouped.agg(n="size", mre_mm="mean", sd_mm=lambda e: float(e.std(ddof=0))).reset_index()
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Table 3
 

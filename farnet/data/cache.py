@@ -3,7 +3,7 @@
 A cache folder holds ``images.npy`` (N, H, W) uint8, memory-mappable so training reads only the images it
 needs; ``landmarks.npy`` (N, K, 2) float32 in input pixels; and ``meta.json`` with ids, sizes, spacing, the
 exact original landmarks and the per-image affine map back to original pixels. It is generic: any list of
-:class:`~farnet.data.isbi.Sample` works.
+:class:`~farnet.data.sample.Sample` works.
 
 Landmarks go from ORIGINAL pixels to input pixels in one step through the stored image:
 x_s = (x + 0.5)·scale − 0.5 and x_in = (x_s + 0.5)·W_in/W_s − 0.5, so x_in = (x + 0.5)/a − 0.5 with
@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from farnet.data.imageio import read_grayscale, resize_grayscale
-from farnet.data.isbi import Sample
+from farnet.data.sample import Sample
 from farnet.errors import DataError
 
 __all__ = ["Cache", "build_cache", "load_cache", "input_to_original_scale"]

@@ -1,0 +1,43 @@
+"""The ``farnet`` command: one sub-command per module, imported only when it is used.
+
+Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from farnet.errors import FarnetError
+
+COMMANDS = {
+    "bench": ("farnet.bench", "time training and inference (fp32 and the fast paths); writes results/benchmarks/"),
+    "predict": ("farnet.predict", "landmarks for new images with a trained model (CSV, JSON, overlay PNG)"),
+    "export": ("farnet.export", "export a trained model to ONNX with its metadata"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="farnet", description="FARNet replication suite")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help or the usage error and exits
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    command = argparse.ArgumentParser(prog=f"farnet {name}", description=COMMANDS[name][1])
+    module.add_arguments(command)
+    args = command.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except FarnetError as exc:
+        print(f"farnet {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

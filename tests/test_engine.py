@@ -1,0 +1,124 @@
+import pytest
+import torch
+from torch import nn
+
+from farnet.engine import TrainOptions, build_optimizer, lr_at, resumable_epoch, train
+from farnet.errors import TrainingDiverged
+from farnet.losses import ExponentialWeightedCenterLoss
+from farnet.model import Heatmaps
+
+
+class Tiny(nn.Module):
+    """A two-head network small enough to train in milliseconds."""
+
+    def __init__(self, k=2):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.fine = nn.Conv2d(4, k, 1)
+        self.coarse = nn.Conv2d(4, k, 1)
+
+    def forward(self, x):
+        f = self.body(x)
+        return Heatmaps(fine=self.fine(f), coarse=self.coarse(nn.functional.avg_pool2d(f, 2)))
+
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self, n=5, hw=(16, 16), k=2):
+        g = torch.Generator().manual_seed(1)
+        self.images = torch.randint(0, 256, (n, 1, *hw), generator=g, dtype=torch.uint8)
+        self.points = torch.rand(n, k, 2, generator=g) * (hw[1] - 1)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.points[i], i
+
+
+def make(seed=0):
+    torch.manual_seed(seed)
+    return Tiny()
+
+
+OPTS = TrainOptions(epochs=3, sigma_px=2.0, lr=1e-2, lr_milestones=(2,), batch_size=2, seed=7)
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    full = make()
+    train(full, Data(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path / "full", fingerprint="f", progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_in_epoch_3(epoch, record):  # called before epoch 3's checkpoint: epoch 2's is the last on disk
+        if epoch == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(make(), Data(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path / "resumed", fingerprint="f",
+              log=crash_in_epoch_3, progress=False)
+    assert resumable_epoch(tmp_path / "resumed", "f") == 2
+    resumed = make(seed=123)  # other initial weights: everything must come from the checkpoint
+    result = train(resumed, Data(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path / "resumed", fingerprint="f",
+                   progress=False)
+    assert result.resumed_from == 2
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_other_fingerprint_starts_afresh(tmp_path):
+    train(make(), Data(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path, fingerprint="a", progress=False)
+    assert resumable_epoch(tmp_path, "a") == 3
+    assert resumable_epoch(tmp_path, "b") == 0
+    result = train(make(), Data(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path, fingerprint="b", progress=False)
+    assert result.resumed_from == 0 and len(result.history) == 3
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    model = make()
+    opts = TrainOptions(epochs=3, sigma_px=2.0, batch_size=5)
+    train(model, Data(), ExponentialWeightedCenterLoss(40), opts.__class__(**{**opts.__dict__, "epochs": 1}),
+          tmp_path, fingerprint="x", progress=False)
+    good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
+    with torch.no_grad():
+        model.fine.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1, step 1.*checkpoint\.pt"):
+        train(model, Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="y", progress=False)
+    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
+    torch.testing.assert_close(kept["fine.weight"], good["fine.weight"])
+
+
+def test_loss_decreases_and_log_is_called(tmp_path):
+    records = []
+    opts = TrainOptions(epochs=4, sigma_px=2.0, lr=5e-2, batch_size=5)
+    train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="z", progress=False,
+          log=lambda e, r: records.append(r))
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert set(records[0]) >= {"loss", "loss_fine", "loss_coarse", "lr"}
+
+
+def test_bf16_and_channels_last_on_cpu(tmp_path):
+    opts = TrainOptions(epochs=1, sigma_px=2.0, precision="bf16", channels_last=True, batch_size=5)
+    result = train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="b", progress=False)
+    assert result.steps == 1 and torch.isfinite(torch.tensor(result.history[0]["loss"]))
+
+
+def test_validation_keeps_the_best_weights(tmp_path):
+    scores = iter([3.0, 1.0, 2.0])
+    result = train(make(), Data(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path, fingerprint="v",
+                   validate=lambda m: next(scores), progress=False)
+    assert (result.best_epoch, result.best_score) == (2, 1.0)
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def test_schedule_and_optimizers():
+    assert lr_at(0, 1e-4, (200,), 0.1) == 1e-4
+    assert lr_at(199, 1e-4, (200,), 0.1) == 1e-4
+    assert lr_at(200, 1e-4, (200,), 0.1) == pytest.approx(1e-5)
+    assert lr_at(5, 1.0, (2, 4), 0.5) == 0.25
+    params = [nn.Parameter(torch.zeros(1))]
+    assert isinstance(build_optimizer("adadelta", params, 1e-4), torch.optim.Adadelta)
+    with pytest.raises(ValueError, match="optimizer 'sgd'"):
+        build_optimizer("sgd", params, 1e-4)
