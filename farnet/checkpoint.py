@@ -2,35 +2,28 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads with ``weights_only=True``. It
 is written to a temporary file in the same folder and renamed over the old one, so an interrupted write never
-leaves a broken checkpoint behind.
+leaves a broken checkpoint behind, and a failed one (a full disk) raises :class:`~farnet.errors.WriteError`
+naming the file.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from farnet.errors import DataError
+from farnet.fileio import atomic_write
 
 
 def save_atomic(obj: dict, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    Raises:
+        WriteError: the file could not be written (e.g. a full disk); the old file, if any, is kept and no
+            temporary file is left behind.
+    """
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

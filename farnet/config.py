@@ -23,12 +23,29 @@ from farnet.errors import ConfigError
 Backbone = Literal["vgg16", "vgg19", "resnet101", "resnet152", "densenet121", "densenet169"]
 
 
+DatasetName = Literal["isbi2015", "hand_dha", "spine_boostnet", "custom"]
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    """How one dataset is prepared (``datasets.<name>`` in params.yaml)."""
+
+    input_hw: tuple[int, int] = (800, 640)  # the size the prepare stage caches at
+    annotator: Literal["mean", "senior", "junior"] = "mean"  # ISBI ground truth (paper: mean)
+    augment: Literal["none", "payer", "boostnet"] = "none"
+    split_seed: int = 0  # spine: the seeded 431/50 split and its folds; custom: splits when none are given
+    root: str | None = None  # custom: the dataset folder; None = data/raw/<name>
+    csv: str = "landmarks.csv"  # custom: the landmarks file in that folder
+
+
 @dataclass(frozen=True)
 class DataParams:
-    dataset: Literal["isbi2015"] = "isbi2015"
-    annotator: Literal["mean", "senior", "junior"] = "mean"
-    input_hw: tuple[int, int] = (800, 640)
+    """What one run trains and evaluates on."""
+
+    dataset: DatasetName = "isbi2015"  # set by the run's `dataset`
+    input_hw: tuple[int, int] | None = None  # None: the dataset's prepared size; else resized from it
     train_limit: int | None = None  # keep the first N training images (reduced profiles only)
+    fold: int = 1  # hand: 1..3, spine: 1..5 (cross-validation folds); ignored by ISBI
 
 
 @dataclass(frozen=True)
@@ -43,12 +60,18 @@ class ModelParams:
     fusion: Literal["concat", "add"] = "concat"  # MSFA vs MSFA(+) of Table 2
     refinement: Literal["guided", "naive", "none"] = "guided"  # FR, FR*, no FR
     fr_input_kernel: int = 3  # paper §3.1.2: 3x3; the authors' code: 1x1
+    architecture: Literal["farnet", "unet", "fpn"] = "farnet"  # the U-Net and FPN baselines of Table 2
 
 
 @dataclass(frozen=True)
 class LossParams:
-    name: Literal["ewc", "l2"] = "ewc"
+    name: Literal["ewc", "l2", "awing"] = "ewc"
     alpha: float = 40.0  # EWC base, paper eq. 3
+    # Adaptive Wing (Wang et al. 2019), the "+AW" row of Table 2: ω, θ, ε, α of that paper
+    awing_omega: float = 14.0
+    awing_theta: float = 0.5
+    awing_epsilon: float = 1.0
+    awing_alpha: float = 2.1
 
 
 @dataclass(frozen=True)
@@ -61,8 +84,10 @@ class TrainParams:
     lr_gamma: float = 0.1
     epochs: int = 300
     batch_size: int = 1
-    precision: Literal["fp32", "bf16"] = "fp32"
-    channels_last: bool = False
+    # deviation: "auto" trains with bf16 autocast (and channels_last) where the hardware runs bf16 natively
+    # (farnet.fastpath; DESIGN §7); the paper trains in fp32, which `precision: fp32` restores.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
     num_workers: int = 0
     checkpoint_every: int = 1
 
@@ -79,17 +104,30 @@ class EvalParams:
 @dataclass(frozen=True)
 class Params:
     profile: str = "paper"
+    run: str | None = None  # the entry of `runs` these parameters were resolved for
     seed: int = 0
+    datasets: dict[str, DatasetParams] = field(default_factory=lambda: {"isbi2015": DatasetParams()})
     data: DataParams = field(default_factory=DataParams)
     heatmap: HeatmapParams = field(default_factory=HeatmapParams)
     model: ModelParams = field(default_factory=ModelParams)
     loss: LossParams = field(default_factory=LossParams)
     train: TrainParams = field(default_factory=TrainParams)
     eval: EvalParams = field(default_factory=EvalParams)
+    runs: dict[str, dict] = field(default_factory=dict)  # run name -> overrides (see `resolve_run`)
+
+    @property
+    def dataset(self) -> DatasetParams:
+        """The preparation parameters of this run's dataset."""
+        return self.datasets[self.data.dataset]
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """The network input (H, W) of this run: ``data.input_hw``, else the dataset's prepared size."""
+        return self.data.input_hw if self.data.input_hw is not None else self.dataset.input_hw
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read a params file, apply its profile and validate every key.
+def load_params(path: str | Path = "params.yaml", run: str | None = None) -> Params:
+    """Read a params file, apply its profile (and, given ``run``, that run's overrides) and validate every key.
 
     Raises:
         ConfigError: the file is missing or not a mapping, a key is unknown, a value has the wrong type or
@@ -105,13 +143,17 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return params_from_dict(raw)
+        return params_from_dict(raw, run)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def params_from_dict(raw: dict[str, Any]) -> Params:
-    """Build :class:`Params` from a parsed params mapping (profile merged, then validated)."""
+def params_from_dict(raw: dict[str, Any], run: str | None = None) -> Params:
+    """Build :class:`Params` from a parsed params mapping: base, then the profile, then the run's overrides.
+
+    A run entry is a mapping with ``dataset`` (which dataset it trains on) and any sections to override, e.g.
+    ``{dataset: isbi2015, model: {backbone: vgg16}}``.
+    """
     raw = copy.deepcopy(raw)
     profiles = raw.pop("profiles", None) or {}
     if not isinstance(profiles, dict):
@@ -121,6 +163,25 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
         if profile not in profiles:
             raise ConfigError(f"profile: {profile!r} is not defined under profiles (have: {sorted(profiles)})")
         raw = _merge(raw, profiles[profile], "profiles." + str(profile))
+    runs = raw.get("runs") or {}
+    if not isinstance(runs, dict):
+        raise ConfigError("runs: expected a mapping of run name to overrides")
+    for name, entry in runs.items():
+        if not isinstance(entry, dict) or "dataset" not in entry:
+            raise ConfigError(f"runs.{name}: expected a mapping with a `dataset` key, got {entry!r}")
+    if run is not None:
+        if run not in runs:
+            raise ConfigError(f"run {run!r} is not defined under runs (have: {', '.join(sorted(runs))})")
+        overrides = copy.deepcopy(runs[run])
+        dataset = overrides.pop("dataset")
+        if "run" in overrides or "runs" in overrides or "profile" in overrides:
+            raise ConfigError(f"runs.{run}: may not override run, runs or profile")
+        data = overrides.get("data") or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"runs.{run}.data: expected a mapping, got {data!r}")
+        overrides["data"] = {**data, "dataset": dataset}
+        raw = _merge(raw, overrides, f"runs.{run}")
+        raw["run"] = run
     params = _build(Params, raw, "")
     _check_values(params)
     return params
@@ -128,8 +189,15 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
 
 def _check_values(p: Params) -> None:
     """Range checks that types alone cannot express."""
+    for name, dataset in p.datasets.items():
+        if not all(v > 0 and v % 32 == 0 for v in dataset.input_hw):
+            raise ConfigError(f"datasets.{name}.input_hw: {dataset.input_hw!r} both sizes must be positive multiples of 32")
+    if p.data.dataset not in p.datasets:
+        raise ConfigError(f"data.dataset: {p.data.dataset!r} has no entry under datasets (have: {sorted(p.datasets)})")
     checks = [
-        ("data.input_hw", all(v > 0 and v % 32 == 0 for v in p.data.input_hw), "both sizes must be positive multiples of 32"),
+        ("data.input_hw", p.data.input_hw is None or all(v > 0 and v % 32 == 0 for v in p.data.input_hw),
+         "both sizes must be positive multiples of 32"),
+        ("data.fold", p.data.fold >= 1, "must be >= 1"),
         ("data.train_limit", p.data.train_limit is None or p.data.train_limit > 0, "must be positive or null"),
         ("heatmap.sigma_px", p.heatmap.sigma_px > 0, "must be > 0"),
         ("loss.alpha", p.loss.alpha >= 1, "must be >= 1 (weight 1 on the background)"),
@@ -148,6 +216,12 @@ def _check_values(p: Params) -> None:
             for part in key.split("."):
                 value = getattr(value, part)
             raise ConfigError(f"{key}: {value!r} {why}")
+
+
+def section_from_dict(cls: type, raw: dict[str, Any], name: str) -> Any:
+    """One validated section (e.g. :class:`ModelParams`) from already-resolved values, such as the parameters
+    stored in a checkpoint."""
+    return _build(cls, raw, name + ".")
 
 
 def effective_dict(params: Params) -> dict[str, Any]:
@@ -199,7 +273,23 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        errors = []
+        for alternative in inner:  # the first that accepts the value, e.g. `bool | Literal["auto"]`
+            try:
+                return _coerce(alternative, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc).removeprefix(f"{key}: "))
+        raise ConfigError(f"{key}: " + ", or ".join(errors))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        key_type, value_type = args
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{key}: keys must be names, got {k!r}")
+            out[k] = copy.deepcopy(v) if value_type is dict else _coerce(value_type, v, f"{key}.{k}")
+        return out
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")

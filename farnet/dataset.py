@@ -18,13 +18,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class LandmarkDataset(Dataset):
     """Items ``(image (1, H, W) uint8, landmarks (K, 2) float32 in input pixels, index)``.
 
+    With an augmentation, each item is transformed by a generator seeded from (seed, epoch, index), so a run
+    is reproducible and a resumed run sees the same augmented images as an uninterrupted one; the engine calls
+    :meth:`set_epoch` at the start of every epoch.
+
     Args:
         images: (N, H, W) uint8 array, typically memory-mapped.
         landmarks: (N, K, 2) float32 input-pixel coordinates.
         limit: keep only the first ``limit`` items (reduced profiles).
+        augment: "none", or the name of a landmark-preserving augmentation (:mod:`farnet.augment`).
+        seed: the run's seed.
     """
 
-    def __init__(self, images: np.ndarray, landmarks: np.ndarray, limit: int | None = None):
+    def __init__(self, images: np.ndarray, landmarks: np.ndarray, limit: int | None = None, augment: str = "none",
+                 seed: int = 0):
         if images.ndim != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be (N, H, W) uint8, got {images.shape} {images.dtype}")
         if landmarks.ndim != 3 or landmarks.shape[0] != images.shape[0] or landmarks.shape[2] != 2:
@@ -33,6 +40,16 @@ class LandmarkDataset(Dataset):
         self.images = images
         self.landmarks = landmarks
         self.n = n
+        self.seed = seed
+        self.epoch = 0
+        self.augment = None
+        if augment != "none":
+            from farnet.augment import build_augmentation
+
+            self.augment = build_augmentation(augment)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.n
@@ -42,6 +59,10 @@ class LandmarkDataset(Dataset):
             raise IndexError(index)
         image = torch.from_numpy(np.array(self.images[index], copy=True)).unsqueeze(0)
         points = torch.from_numpy(np.asarray(self.landmarks[index], dtype=np.float32).copy())
+        if self.augment is not None:
+            from farnet.augment import augmentation_generator
+
+            image, points = self.augment(image, points, augmentation_generator(self.seed, self.epoch, index))
         return image, points, index
 
 

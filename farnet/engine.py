@@ -2,11 +2,12 @@
 
 One loop: seeded, deterministic data order per epoch (``DistributedSampler`` semantics, also for one process),
 targets made on the device from the landmarks (one Gaussian per head at that head's resolution, §3.4), the
-loss summed over the supervised heads, optional bf16 autocast and channels_last, a progress bar, a per-epoch
-log callback, and a checkpoint written atomically after every ``checkpoint_every`` epochs. A run resumes from
-its checkpoint when the checkpoint's fingerprint (the training parameters and data it was made with) matches;
-a non-finite loss stops the run with :class:`~farnet.errors.TrainingDiverged` and keeps the last good
-checkpoint.
+loss summed over the supervised heads, bf16 autocast and channels_last where the device runs them natively
+(``"auto"``, resolved once by :mod:`farnet.fastpath`), data parallelism over ranks (:mod:`farnet.distributed`),
+a progress bar, a per-epoch log callback, and a checkpoint written atomically after every ``checkpoint_every``
+epochs. A run resumes from its checkpoint when the checkpoint's fingerprint (the training parameters and data it
+was made with) matches; a non-finite loss stops the run with :class:`~farnet.errors.TrainingDiverged` and keeps
+the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +26,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from farnet import distributed
 from farnet.checkpoint import load_checkpoint, save_atomic
+from farnet.fileio import write_json
 from farnet.dataset import normalize
-from farnet.errors import TrainingDiverged
+from farnet.errors import TrainingDiverged, TrainingInterrupted
+from farnet.fastpath import FastPath, resolve, resolve_precision, tune_backends
 from farnet.heatmaps import encode_heatmaps, scale_points
+from farnet.interrupt import requested_signal, stop_on_signal, stop_requested
 from farnet.model import Heatmaps
 
 
@@ -43,8 +48,8 @@ class TrainOptions:
     lr: float = 1e-4
     lr_milestones: Sequence[int] = (200,)
     lr_gamma: float = 0.1
-    precision: str = "fp32"
-    channels_last: bool = False
+    precision: str = "fp32"  # "auto", "fp32" or "bf16" (see farnet.fastpath)
+    channels_last: bool | str = False  # True, False or "auto"
     num_workers: int = 0
     checkpoint_every: int = 1
     seed: int = 0
@@ -59,6 +64,7 @@ class TrainResult:
     resumed_from: int = 0
     best_epoch: int | None = None
     best_score: float | None = None
+    fast_path: str = ""  # what the run used, e.g. "bf16+channels_last" ("auto" resolved)
 
 
 def build_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
@@ -75,13 +81,13 @@ def lr_at(epoch: int, lr: float, milestones: Sequence[int], gamma: float) -> flo
     return lr * gamma ** sum(1 for m in milestones if epoch >= m)
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CPU or CUDA, or nothing for fp32."""
-    if precision == "fp32":
+def autocast(device: str | torch.device, precision: str):
+    """bf16 autocast on CPU or CUDA, or nothing for fp32; ``"auto"`` is first resolved for ``device``
+    (:func:`farnet.fastpath.resolve_precision`)."""
+    device = torch.device(device)
+    if resolve_precision(precision, device) == "fp32":
         return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise ValueError(f"precision {precision!r} is not one of 'fp32', 'bf16'")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def heatmap_loss(out: Heatmaps, points_xy: torch.Tensor, input_hw: tuple[int, int], sigma_px: float,
@@ -110,6 +116,49 @@ def heatmap_loss(out: Heatmaps, points_xy: torch.Tensor, input_hw: tuple[int, in
     return total, parts
 
 
+def make_loader(dataset: Dataset, options: TrainOptions, device: str | torch.device, rank: int = 0,
+                world_size: int = 1) -> tuple[DataLoader, DistributedSampler]:
+    """The engine's data path: a seeded ``DistributedSampler`` (also for one process) and its ``DataLoader``.
+
+    On CUDA the batches are put in page-locked memory, so the engine's ``non_blocking`` copies to the device
+    overlap with compute.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=options.seed)
+    loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=options.num_workers,
+                        pin_memory=torch.device(device).type == "cuda",
+                        # workers must see set_epoch (seeded augmentation), so they are not kept across epochs then
+                        persistent_workers=options.num_workers > 0 and not hasattr(dataset, "set_epoch"))
+    return loader, sampler
+
+
+def train_step(model: nn.Module, images: torch.Tensor, points: torch.Tensor, optimizer: torch.optim.Optimizer,
+               loss_fn: nn.Module, sigma_px: float, fast: FastPath, world_size: int = 1) -> tuple[float, dict[str, float]]:
+    """One optimisation step on a batch already on the device (the step ``farnet bench`` times).
+
+    Args:
+        images: (B, 1, H, W) uint8, normalised here.
+        points: (B, K, 2) landmarks in input pixels.
+        fast: the resolved precision and memory format (:func:`farnet.fastpath.resolve`).
+        world_size: > 1 in a distributed run; the loss returned is then the mean over the ranks.
+
+    Returns:
+        The loss and each head's value on this rank. A loss that is not finite (on any rank) is returned before
+        the weights are touched, so the caller can stop with the last good weights.
+    """
+    x = normalize(images).contiguous(memory_format=fast.memory_format)  # (B, 3, H, W)
+    with autocast(x.device, fast.precision):
+        out = model(x)
+    loss, parts = heatmap_loss(out, points, tuple(x.shape[-2:]), sigma_px, loss_fn)
+    # all ranks see the same mean, so all take the same branch (a rank that stopped alone would hang the others)
+    loss_value = (distributed.mean_across_ranks(loss) if world_size > 1 else loss.detach()).item()
+    if not math.isfinite(loss_value):
+        return loss_value, parts
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss_value, parts
+
+
 def resumable_epoch(out_dir: str | Path, fingerprint: str) -> int:
     """Epochs already done by a checkpoint in ``out_dir`` with this fingerprint (0 if none), read from the
     small ``checkpoint.json`` written beside each checkpoint."""
@@ -123,6 +172,7 @@ def resumable_epoch(out_dir: str | Path, fingerprint: str) -> int:
     return int(info.get("epoch", 0)) if info.get("fingerprint") == fingerprint else 0
 
 
+@stop_on_signal  # SIGINT/SIGTERM: finish the step, save a resumable checkpoint, raise TrainingInterrupted
 def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: TrainOptions, out_dir: str | Path, *,
           fingerprint: str, device: str | torch.device = "cpu", log: Callable[[int, dict], None] | None = None,
           validate: Callable[[nn.Module], float] | None = None, progress: bool = True,
@@ -137,16 +187,22 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: Train
         fingerprint: identifies the run's parameters and data; a checkpoint with another one is not resumed.
         log: called after each epoch with (epoch, {"loss": ..., "loss_fine": ..., "loss_coarse": ..., "lr": ...}).
         validate: called after each epoch with the model in eval mode; lower is better.
-        rank, world_size: for distributed data-parallel training (the model is then a DDP wrapper).
+        rank, world_size: for data-parallel training: call :func:`farnet.distributed.init_from_env` first;
+            the engine wraps the model in DDP (after loading the checkpoint on every rank), validates on
+            rank 0 only, and rank 0 alone writes checkpoints, which the other ranks wait for.
     """
     device = torch.device(device)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
-    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format)
+    fast = resolve(options.precision, options.channels_last, device)  # "auto" is decided here, once
+    tune_backends(device)
+    if world_size > 1 and not distributed.is_distributed():
+        raise ValueError(f"world_size={world_size} but no process group: call farnet.distributed.init_from_env()")
+    model.to(device=device, memory_format=fast.memory_format)
     optimizer = build_optimizer(options.optimizer, model.parameters(), options.lr)
 
     start_epoch, history, wall_s = 0, [], 0.0
+    skip_steps, partial_sums = 0, {}  # after an interruption: steps of start_epoch already done, their loss sums
     best_epoch, best_score = None, None
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, map_location=device)
@@ -155,17 +211,15 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: Train
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, history, wall_s = state["epoch"], list(state["history"]), float(state["wall_s"])
             best_epoch, best_score = state.get("best_epoch"), state.get("best_score")
+            skip_steps, partial_sums = int(state.get("step_in_epoch", 0)), dict(state.get("epoch_sums", {}))
         elif rank == 0:
             tqdm.write(f"{ckpt_path}: made with other parameters or data; starting afresh")
 
     resumed_from = start_epoch
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=options.seed)
-    loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=options.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=options.num_workers > 0)
+    net = distributed.wrap(model, device) if world_size > 1 else model  # every rank has loaded the checkpoint
+    loader, sampler = make_loader(dataset, options, device, rank, world_size)
     steps_per_epoch = len(loader)
-    first_batch = dataset[0][0]
-    input_hw = tuple(first_batch.shape[-2:])
-    bar = tqdm(total=options.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="step",
+    bar = tqdm(total=options.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + skip_steps, unit="step",
                desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
     for epoch in range(start_epoch, options.epochs):
         t0 = time.perf_counter()
@@ -173,33 +227,41 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: Train
         for group in optimizer.param_groups:
             group["lr"] = lr
         sampler.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):  # seeded per-epoch augmentation
+            dataset.set_epoch(epoch)
         model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = partial_sums
         for step, (images, points, _) in enumerate(loader):
-            images = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
-            points = points.to(device, non_blocking=True)
-            with autocast(device, options.precision):
-                out = model(images)
-            loss, parts = heatmap_loss(out, points, input_hw, options.sigma_px, loss_fn)
-            loss_value = loss.detach().item()
+            if step < skip_steps:  # done before the interruption; the epoch's seed fixes the order
+                continue
+            loss_value, parts = train_step(net, images.to(device, non_blocking=True),
+                                           points.to(device, non_blocking=True), optimizer, loss_fn,
+                                           options.sigma_px, fast, world_size)
             if not math.isfinite(loss_value):
                 last = f"epoch {start_epoch}" if ckpt_path.is_file() else "none written yet"
                 raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; "
                                        f"stopped. Last good checkpoint: {ckpt_path} ({last})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             sums["loss"] = sums.get("loss", 0.0) + loss_value
             for name, value in parts.items():
                 sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4g}")
+            if stop_requested(device, world_size):
+                bar.close()
+                _stop_interrupted(model, optimizer, ckpt_path, rank, fingerprint=fingerprint, epoch=epoch,
+                                  step_in_epoch=step + 1, epoch_sums=sums, history=history, best_epoch=best_epoch,
+                                  best_score=best_score, wall_s=wall_s + time.perf_counter() - t0)
+        skip_steps, partial_sums = 0, {}
         wall_s += time.perf_counter() - t0
         record = {"epoch": epoch + 1, "lr": lr, **{k: v / steps_per_epoch for k, v in sums.items()}}
         if validate is not None:
-            model.eval()
-            with torch.no_grad():
-                score = float(validate(model))
+            score = math.nan  # rank 0 validates the plain module (a DDP forward would wait for the other ranks)
+            if rank == 0:
+                _unwrap(model).eval()
+                with torch.no_grad():
+                    score = float(validate(_unwrap(model)))
+            if world_size > 1:
+                score = distributed.broadcast_float(score, device)  # all ranks agree on the best epoch
             record["val_score"] = score
             if best_score is None or score < best_score:
                 best_epoch, best_score = epoch + 1, score
@@ -213,14 +275,30 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: Train
             save_atomic({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                          "fingerprint": fingerprint, "history": history, "wall_s": wall_s,
                          "best_epoch": best_epoch, "best_score": best_score}, ckpt_path)
-            side = out_dir / "checkpoint.json"
-            side.with_suffix(".tmp").write_text(json.dumps({"fingerprint": fingerprint, "epoch": epoch + 1}))
-            os.replace(side.with_suffix(".tmp"), side)
+            write_json(out_dir / "checkpoint.json", {"fingerprint": fingerprint, "epoch": epoch + 1})
             start_epoch = epoch + 1
+        if world_size > 1 and ((epoch + 1) % options.checkpoint_every == 0 or last_epoch):
+            distributed.barrier()  # the checkpoint is complete before any rank goes on (or reads it)
     bar.close()
     return TrainResult(epochs=options.epochs, steps=options.epochs * steps_per_epoch, wall_s=wall_s, history=history,
                        resumed_from=resumed_from,
-                       best_epoch=best_epoch, best_score=best_score)
+                       best_epoch=best_epoch, best_score=best_score, fast_path=fast.describe())
+
+
+def _stop_interrupted(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt_path: Path, rank: int, *,
+                      epoch: int, step_in_epoch: int, **state) -> None:
+    """Save the state after ``step_in_epoch`` steps of 0-based ``epoch`` (rank 0) and raise TrainingInterrupted."""
+    if rank == 0:
+        save_atomic({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "step_in_epoch": step_in_epoch, **state}, ckpt_path)
+        side = ckpt_path.parent / "checkpoint.json"
+        write_json(side, {"fingerprint": state["fingerprint"], "epoch": epoch, "step_in_epoch": step_in_epoch})
+    distributed.barrier()  # no rank exits (and gets the launcher to stop rank 0) before the checkpoint is written
+    signum = requested_signal()
+    cause = f"{signal.Signals(signum).name} received" if signum else "another rank was signalled"
+    raise TrainingInterrupted(f"{cause}: stopped after step {step_in_epoch} of epoch {epoch + 1}; resumable "
+                              f"checkpoint {ckpt_path}. Run the same command again to resume.",
+                              signum or signal.SIGTERM)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -36,3 +36,29 @@ class DataError(FarnetError, ValueError):
 
 class TrainingDiverged(FarnetError, RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(FarnetError):
+    """SIGINT or SIGTERM stopped training after a step; a resumable checkpoint was written.
+
+    Args:
+        message: what happened and where the checkpoint is.
+        signum: the signal that stopped the run.
+    """
+
+    def __init__(self, message: str, signum: int):
+        self.signum = signum
+        super().__init__(message)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signum
+
+
+class WriteError(FarnetError, OSError):
+    """An output file could not be written (a full disk, no permission); nothing half-written is left."""
+
+    def __init__(self, path: str | Path, message: str):
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {message}")

@@ -46,35 +46,78 @@ def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int =
     return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}
 
 
-def evaluate_split(pred_input: dict[str, np.ndarray], cache, split: str, names: Sequence[str],
-                   radii_mm: Sequence[float]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+def evaluate_split(pred_input: dict[str, np.ndarray], view, radii_mm: Sequence[float], unit: str = "mm",
+                   angles: dict[str, list[float]] | None = None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Metrics of one split from input-pixel predictions.
 
     Args:
         pred_input: decoder name -> (N, K, 2) predictions in input pixels.
-        cache: a loaded prepared cache (``to_original``, ``landmarks_original``, ``spacing_mm``, ``ids``).
+        view: the split (:class:`~farnet.data.views.SplitView`): exact ground truth, spacing, map to original.
+        unit: "mm" (radial errors through each image's spacing: MRE ± SD, SDR at ``radii_mm``), "px" (the same
+            in original pixels) or "fraction" (spine: MSE of fractional coordinates and Pearson's ρ, DESIGN §2.2).
+        angles: image id -> Cobb angles (degrees); with "fraction", adds the SMAPE of the Cobb angles computed
+            from the predicted landmarks (AASCE metric, beyond the paper) when every image has them.
 
     Returns:
         ``{decoder: summary}``, the per-landmark table and the predictions table (original pixels).
     """
-    true = np.asarray(cache.landmarks_original, dtype=np.float64)  # (N, K, 2)
-    spacing = np.asarray(cache.spacing_mm, dtype=np.float64)
+    true = np.asarray(view.landmarks_original, dtype=np.float64)  # (N, K, 2)
+    names = list(view.landmark_names)
     summaries, per_lm, rows = {}, [], []
     for decoder, pred in pred_input.items():
-        pred_orig = np.stack([cache.to_original(pred[i], i) for i in range(pred.shape[0])])
-        errors = radial_error_mm(pred_orig, true[: pred.shape[0]], spacing[: pred.shape[0]])  # (N, K)
-        summaries[decoder] = summarize(errors, radii_mm)
-        table = per_landmark(errors, names, radii_mm)
+        pred_orig = view.to_original(pred)  # (N, K, 2)
+        errors_px = radial_error_mm(pred_orig, true, 1.0)  # (N, K) in original pixels
+        if unit == "mm":
+            errors = radial_error_mm(pred_orig, true, view.spacing_mm)
+            summaries[decoder] = summarize(errors, radii_mm)
+            table = per_landmark(errors, names, radii_mm)
+        elif unit == "px":
+            summaries[decoder] = _rename(summarize(errors_px, radii_mm), "mm", "px")
+            table = per_landmark(errors_px, names, radii_mm).rename(columns={"mre_mm": "mre_px", "sd_mm": "sd_px"})
+        elif unit == "fraction":
+            summaries[decoder] = _fraction_summary(pred_orig, true, view, angles)
+            table = per_landmark(errors_px, names, []).rename(columns={"mre_mm": "mre_px", "sd_mm": "sd_px"})
+        else:
+            raise ValueError(f"unit {unit!r} is not one of 'mm', 'px', 'fraction'")
         table.insert(0, "decode", decoder)
-        table.insert(0, "split", split)
+        table.insert(0, "split", view.split)
         per_lm.append(table)
-        n, k = errors.shape
+        n, k = errors_px.shape
+        error_mm = radial_error_mm(pred_orig, true, view.spacing_mm) if unit == "mm" else np.full((n, k), np.nan)
         rows.append(pd.DataFrame({
-            "split": split, "decode": decoder,
-            "image_id": np.repeat(np.asarray(cache.ids[:n]), k),
+            "split": view.split, "decode": decoder,
+            "image_id": np.repeat(np.asarray(view.ids), k),
             "landmark": np.tile(np.arange(k), n), "name": np.tile(np.asarray(names), n),
             "x_pred": pred_orig[..., 0].ravel(), "y_pred": pred_orig[..., 1].ravel(),
-            "x_true": true[:n, :, 0].ravel(), "y_true": true[:n, :, 1].ravel(),
-            "error_mm": errors.ravel(),
+            "x_true": true[..., 0].ravel(), "y_true": true[..., 1].ravel(),
+            "error_px": errors_px.ravel(), "error_mm": error_mm.ravel(),
         }))
     return summaries, pd.concat(per_lm, ignore_index=True), pd.concat(rows, ignore_index=True)
+
+
+def _rename(summary: dict, old: str, new: str) -> dict:
+    return {k.replace(f"_{old}", f"_{new}"): v for k, v in summary.items()} | {"unit": new}
+
+
+def _fraction_summary(pred_orig: np.ndarray, true: np.ndarray, view, angles: dict | None) -> dict:
+    from farnet.spine_metrics import cobb_angles, fractional_mse, pearson_rho, smape
+
+    wh = np.asarray(view.original_wh, dtype=np.float64)  # (N, 2)
+    summary = {
+        "n_images": int(true.shape[0]),
+        "mse": float(fractional_mse(pred_orig, true, wh)),
+        "rho": float(pearson_rho(pred_orig, true, wh)),
+        "mre_px": float(np.linalg.norm(pred_orig - true, axis=-1).mean()),
+    }
+    if angles and all(i in angles for i in view.ids):
+        predicted, reference = [], []
+        for points, height, image_id in zip(pred_orig, wh[:, 1], view.ids):
+            try:  # predicted corners may coincide (an untrained model): the angle is then undefined
+                predicted.append(cobb_angles(points, height))
+            except ValueError:
+                continue
+            reference.append(angles[image_id])
+        summary["cobb_undefined"] = len(view.ids) - len(predicted)
+        if predicted:
+            summary["cobb_smape"] = float(smape(np.stack(predicted), np.asarray(reference, dtype=np.float64)))
+    return summary

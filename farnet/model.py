@@ -80,8 +80,22 @@ def final_heatmaps(out: Heatmaps, size_hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(out.coarse, size=size_hw, mode="bilinear", align_corners=False)
 
 
-def build_model(params, num_landmarks: int) -> FARNet:
-    """Build FARNet from a :class:`~farnet.config.ModelParams` section."""
+def build_model(params, num_landmarks: int) -> nn.Module:
+    """Build the network a :class:`~farnet.config.ModelParams` section names by ``architecture``.
+
+    "farnet" (with its ``fusion`` / ``refinement`` variants), "fpn" (on ``backbone``) or "unet" (trained from
+    scratch: ``backbone`` and ``pretrained`` do not apply to it).
+    """
+    # imported here: the baselines import Heatmaps from this module
+    from baselines.fpn import FeaturePyramidNetwork
+    from baselines.unet import UNet
+
+    if params.architecture == "unet":
+        return UNet(num_landmarks)
+    if params.architecture not in ("farnet", "fpn"):
+        raise ValueError(f"architecture {params.architecture!r} is not one of 'farnet', 'unet', 'fpn'")
     backbone = Backbone(params.backbone, params.pretrained)
+    if params.architecture == "fpn":
+        return FeaturePyramidNetwork(backbone, num_landmarks)
     return FARNet(backbone, num_landmarks, fusion=params.fusion, refinement=params.refinement,
                   fr_input_kernel=params.fr_input_kernel)

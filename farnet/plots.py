@@ -8,8 +8,6 @@ label gets a title that claims nothing. Matplotlib runs headless (Agg), so stage
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from farnet.errors import DataError  # noqa: E402
+from farnet.errors import DataError
+from farnet.fileio import atomic_write  # noqa: E402
 
 DPI = 120
 UNLABELLED = "run profile not stated — not a replication"
@@ -34,22 +33,11 @@ def _title(fig: plt.Figure, title: str, label: str | None) -> None:
 
 
 def _save(fig: plt.Figure, out: str | Path) -> Path:
-    """Write ``fig`` as PNG to a temp file beside ``out``, rename it over ``out``, close the figure."""
-    out = Path(out)
+    """Write ``fig`` as PNG atomically (:func:`farnet.fileio.atomic_write`) and close the figure."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=DPI)
-            os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be read by others
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
     finally:
         plt.close(fig)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

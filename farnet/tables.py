@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -25,6 +23,7 @@ import pandas as pd
 import yaml
 
 from farnet.errors import DataError
+from farnet.fileio import write_text
 
 PAPER_TABLES_RESOURCE = "reference/paper_tables.yaml"
 PREDICTION_COLUMNS = ("split", "decode", "image_id", "landmark", "name",
@@ -275,12 +274,12 @@ def write_table(df_or_dfs: pd.DataFrame | Mapping[str, pd.DataFrame], out_md: st
         if len(frames) > 1 or key in SECTION_TITLES:
             parts.append(f"## {SECTION_TITLES.get(key, key.replace('_', ' ').capitalize())}\n")
         parts.append(to_markdown(frame, decimals) + "\n")
-    _atomic_write_text(out_md, "\n".join(parts))
+    write_text(out_md, "\n".join(parts))
 
     written = [out_md]
     for index, (key, frame) in enumerate(frames.items()):
         path = out_csv if index == 0 else out_csv.with_name(f"{out_csv.stem}_{_slug(key)}{out_csv.suffix}")
-        _atomic_write_text(path, frame.to_csv(index=False))
+        write_text(path, frame.to_csv(index=False))
         written.append(path)
     return written
 
@@ -289,15 +288,3 @@ def _slug(key: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_") or "table"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

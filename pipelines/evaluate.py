@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: the trained model on the test splits; metrics, per-landmark errors, predictions."""
+"""DVC stage `evaluate@<run>`: the trained model on the run's evaluation splits."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ from pathlib import Path
 
 from _common import parse
 
-from farnet.workflow import evaluate_model
+from farnet.workflow import evaluate_run
 
 
 def main(argv=None) -> int:
-    params, args = parse(__doc__, argv, prepared="data/prepared", model_dir="models/farnet", raw="data/raw",
-                         results="results")
-    metrics = evaluate_model(params, Path(args.prepared), Path(args.model_dir), Path(args.raw), Path(args.results))
+    params, args = parse(__doc__, argv, run=True, prepared="data/prepared", models="models", results="results")
+    metrics = evaluate_run(params, Path(args.prepared), Path(args.models) / args.run, Path(args.results))
     for split, m in metrics.items():
-        print(f"{split}: MRE {m['mre_mm']:.2f} ± {m['sd_mm']:.2f} mm, SDR@2mm {m['sdr']['2.0']:.2f}%")
+        if "mre_mm" in m:
+            print(f"{args.run} {split}: MRE {m['mre_mm']:.2f} ± {m['sd_mm']:.2f} mm, SDR@2mm {m['sdr']['2.0']:.2f}%")
+        else:
+            print(f"{args.run} {split}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "n_images"))
     return 0
 
 

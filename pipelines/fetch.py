@@ -1,4 +1,4 @@
-"""DVC stage `fetch`: the dataset into data/raw/<dataset>, checked against sha256 sums.
+"""DVC stage `fetch@<dataset>`: the dataset into data/raw/<dataset>, checked against sha256 sums.
 
 Copies from the offline mirror named by FARNET_DATA_MIRROR when it is set, else downloads from the official
 source where that is scriptable, else stops with a message saying where to get the data.
@@ -15,9 +15,9 @@ from farnet.workflow import fetch
 
 
 def main(argv=None) -> int:
-    params, args = parse(__doc__, argv, raw="data/raw")
-    summary = fetch(params, Path(args.raw))
-    print(f"fetched {params.data.dataset}: {summary['n_images']} images from {summary['source']}")
+    params, args = parse(__doc__, argv, dataset=True, raw="data/raw")
+    summary = fetch(params, args.dataset, Path(args.raw))
+    print(f"fetched {args.dataset}: {summary.get('n_images', '?')} images from {summary.get('source', '?')}")
     return 0
 
 

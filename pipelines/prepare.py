@@ -1,4 +1,4 @@
-"""DVC stage `prepare`: every split decoded once and cached at the network's input size."""
+"""DVC stage `prepare@<dataset>`: every image decoded once and cached at the dataset's size, with its splits."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from farnet.workflow import prepare
 
 
 def main(argv=None) -> int:
-    params, args = parse(__doc__, argv, raw="data/raw", prepared="data/prepared")
-    counts = prepare(params, Path(args.raw), Path(args.prepared))
-    print(f"prepared {params.data.dataset} at {params.data.input_hw}: {counts}")
+    params, args = parse(__doc__, argv, dataset=True, raw="data/raw", prepared="data/prepared")
+    info = prepare(params, args.dataset, Path(args.raw), Path(args.prepared))
+    print(f"prepared {args.dataset} at {tuple(info['input_hw'])}: {info['counts']}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""DVC stage `tables`: the paper's tables regenerated from our metrics, with provenance headers."""
+"""DVC stage `tables`: the paper's Tables 1-5 and the extra tables, with provenance headers."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 from _common import parse
 
-from farnet.workflow import make_tables
+from farnet.reporting import make_tables
 
 
 def main(argv=None) -> int:
-    _, args = parse(__doc__, argv, results="results")
-    for path in make_tables(Path(args.results)):
+    _, args = parse(__doc__, argv, results="results", raw="data/raw")
+    for path in make_tables(Path(args.results), Path(args.raw)):
         print(f"wrote {path}")
     return 0
 

@@ -1,4 +1,4 @@
-"""DVC stage `train`: one experiment through the training engine (resumes an interrupted run)."""
+"""DVC stage `train@<run>`: one run through the training engine (resumes an interrupted run)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ from pathlib import Path
 
 from _common import parse
 
-from farnet.workflow import train_model
+from farnet.errors import TrainingInterrupted
+from farnet.workflow import train_run
 
 
 def main(argv=None) -> int:
-    params, args = parse(__doc__, argv, prepared="data/prepared", model_dir="models/farnet",
-                         log_dir="results/train/farnet")
-    info = train_model(params, Path(args.prepared), Path(args.model_dir), Path(args.log_dir))
-    print(f"trained {info['experiment']}: {info['epochs']} epochs, {info['steps']} steps, "
-          f"{info['train_wall_s']} s on {info['device']}, final loss {info['final_loss']:.5g}")
+    params, args = parse(__doc__, argv, run=True, prepared="data/prepared", models="models", logs="results/train")
+    try:
+        info = train_run(params, Path(args.prepared), Path(args.models) / args.run, Path(args.logs) / args.run)
+    except TrainingInterrupted as exc:  # SIGINT/SIGTERM: a resumable checkpoint was saved; re-running resumes
+        print(f"train {args.run}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"trained {args.run}: {info['epochs']} epochs, {info['steps']} steps, {info['train_wall_s']} s on "
+          f"{info['device']}, final loss {info['final_loss']:.5g}")
     return 0
 
 

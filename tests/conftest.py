@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tests use tiny tensors: one thread avoids oversubscribing the 2-core machines (much faster, same results).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ def write(tmp_path, data):
 def test_project_params_load_as_the_paper_protocol():
     p = load_params("params.yaml")
     assert p.profile == "paper"
-    assert p.data.input_hw == (800, 640)
+    assert p.input_hw == (800, 640) and p.data.dataset == "isbi2015" and p.run is None
+    assert p.datasets["hand_dha"].input_hw == (512, 512) and p.datasets["spine_boostnet"].input_hw == (1024, 512)
     assert p.heatmap.sigma_px == 10.0
     assert p.loss.name == "ewc" and p.loss.alpha == 40.0
     assert p.train.epochs == 300 and p.train.batch_size == 1 and p.train.lr == 1e-4
@@ -25,7 +26,7 @@ def test_quick_profile_merges_over_the_base():
     raw = yaml.safe_load(open("params.yaml"))
     raw["profile"] = "quick"
     p = params_from_dict(raw)
-    assert p.data.input_hw == (320, 256)
+    assert p.input_hw == (320, 256)
     assert p.train.epochs == 2
     assert p.loss.alpha == 40.0  # not overridden: `dvc exp run -S loss.alpha=20` stays effective
     raw["loss"] = {"name": "ewc", "alpha": 20}
@@ -37,7 +38,35 @@ def test_defaults_and_frozen():
     assert p == Params()
     with pytest.raises(AttributeError):
         p.seed = 3  # type: ignore[misc]
-    assert effective_dict(p)["data"]["input_hw"] == [800, 640]
+    assert effective_dict(p)["datasets"]["isbi2015"]["input_hw"] == [800, 640]
+
+
+def test_runs_override_the_base_and_the_profile():
+    raw = yaml.safe_load(open("params.yaml"))
+    vgg = params_from_dict(raw, run="vgg16")
+    assert vgg.run == "vgg16" and vgg.model.backbone == "vgg16" and vgg.train.epochs == 900
+    assert vgg.loss.alpha == 40.0 and vgg.input_hw == (800, 640)
+    hand = params_from_dict(raw, run="hand_fold2")
+    assert hand.data.dataset == "hand_dha" and hand.data.fold == 2 and hand.input_hw == (512, 512)
+    assert hand.dataset.augment == "payer" and hand.eval.sdr_radii_mm == (2.0, 4.0, 10.0)
+    raw["profile"] = "quick"
+    quick_vgg = params_from_dict(raw, run="vgg16")
+    assert quick_vgg.input_hw == (160, 128) and quick_vgg.train.epochs == 1 and quick_vgg.train.precision == "bf16"
+    assert params_from_dict(raw, run="farnet").input_hw == (320, 256)
+    assert params_from_dict(raw, run="spine_fold3").input_hw == (256, 128)
+
+
+@pytest.mark.parametrize("runs, run, match", [
+    ({"a": {"model": {}}}, None, r"runs\.a: expected a mapping with a `dataset` key"),
+    ({"a": {"dataset": "isbi2015"}}, "b", r"run 'b' is not defined under runs"),
+    ({"a": {"dataset": "isbi2015", "profile": "x"}}, "a", r"runs\.a: may not override"),
+    ({"a": {"dataset": "isbi2015", "model": {"depth": 3}}}, "a", r"model\.depth: unknown key"),
+    ({"a": {"dataset": "mnist"}}, "a", r"data\.dataset: 'mnist' is not one of"),
+    ({"a": {"dataset": "hand_dha"}}, "a", r"data\.dataset: 'hand_dha' has no entry under datasets"),
+])
+def test_bad_runs(runs, run, match):
+    with pytest.raises(ConfigError, match=match):
+        params_from_dict({"runs": runs}, run=run)
 
 
 @pytest.mark.parametrize("data, match", [
@@ -49,6 +78,9 @@ def test_defaults_and_frozen():
     ({"loss": {"alpha": "forty"}}, r"loss\.alpha: expected a number"),
     ({"model": {"backbone": "resnet50"}}, r"model\.backbone: 'resnet50' is not one of"),
     ({"data": {"input_hw": [800]}}, r"data\.input_hw: expected 2 values"),
+    ({"datasets": {"isbi2015": {"input_hw": [800, 630]}}}, r"datasets\.isbi2015\.input_hw: .* multiples of 32"),
+    ({"datasets": {"isbi2015": {"augment": "mixup"}}}, r"datasets\.isbi2015\.augment: 'mixup' is not one of"),
+    ({"datasets": ["isbi2015"]}, r"datasets: expected a mapping"),
     ({"data": {"input_hw": [800, 600]}}, r"data\.input_hw: .* multiples of 32"),
     ({"data": "isbi"}, r"data: expected a mapping"),
     ({"loss": {"alpha": 0.5}}, r"loss\.alpha: 0\.5 must be >= 1"),

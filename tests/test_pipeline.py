@@ -14,28 +14,51 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def _param_roots(stage):
-    return {p.split(".")[0] for p in STAGES[stage].get("params", [])}
+def _params(stage):
+    return set(STAGES[stage]["do"].get("params", []) if "do" in STAGES[stage] else STAGES[stage].get("params", []))
+
+
+def _body(stage):
+    return STAGES[stage]["do"] if "do" in STAGES[stage] else STAGES[stage]
 
 
 def test_every_stage_script_and_dependency_exists():
-    for name, stage in STAGES.items():
-        script = stage["cmd"].split()[1]
+    for name in STAGES:
+        body = _body(name)
+        script = body["cmd"].split()[1]
         assert (ROOT / script).is_file(), f"{name}: {script}"
-        for dep in stage.get("deps", []):
+        for dep in body.get("deps", []):
             if not dep.startswith(("data/", "models/", "results/")):  # produced by earlier stages
                 assert (ROOT / dep).exists(), f"{name}: {dep}"
 
 
 def test_loss_alpha_reaches_training_but_not_data_stages():
     """`dvc exp run -S loss.alpha=20` must re-run training (and what depends on it), never fetch or prepare."""
-    assert "loss" not in _param_roots("fetch") | _param_roots("prepare")
-    assert "loss" in _param_roots("train")
-    assert "models/farnet/model.pt" in STAGES["evaluate"]["deps"]
+    roots = lambda stage: {p.split(".")[0] for p in _params(stage)}  # noqa: E731
+    assert "loss" not in roots("fetch") | roots("prepare")
+    assert "loss" in roots("train")
+    assert "models/${key}/model.pt" in _body("evaluate")["deps"]
+
+
+def test_every_run_and_dataset_resolves():
+    from farnet.config import load_params
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(raw["datasets"]) == {"isbi2015", "hand_dha", "spine_boostnet"}
+    for profile in ("paper", *raw["profiles"]):
+        raw["profile"] = profile
+        path = ROOT / "tests" / f".params-{profile}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        try:
+            for run in raw["runs"]:
+                p = load_params(path, run=run)
+                assert p.run == run and p.data.dataset == raw["runs"][run]["dataset"]
+        finally:
+            path.unlink()
 
 
 def test_metrics_are_declared_for_dvc():
-    assert any("results/metrics/isbi2015.json" in m for m in STAGES["evaluate"]["metrics"])
+    assert any("results/metrics/${key}.json" in m for m in _body("evaluate")["metrics"])
 
 
 def _run(script, *args, env):
@@ -50,34 +73,38 @@ def _run(script, *args, env):
 def test_stages_end_to_end_on_real_images(mirror_root, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "tiny"
-    params["profiles"]["tiny"] = {"data": {"input_hw": [64, 64], "train_limit": 2}, "heatmap": {"sigma_px": 1.5},
+    params["profiles"]["tiny"] = {"datasets": {"isbi2015": {"input_hw": [64, 64]}},
+                                  "data": {"train_limit": 2}, "heatmap": {"sigma_px": 1.5},
                                   "train": {"epochs": 1, "lr_milestones": []}, "eval": {"batch_size": 16}}
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(params))
     env = {**os.environ, "FARNET_DATA_MIRROR": str(mirror_root), "FARNET_DEVICE": "cpu"}
-    raw, prepared, models, results = (tmp_path / d for d in ("raw", "prepared", "models/farnet", "results"))
+    raw, prepared, models, results = (tmp_path / d for d in ("raw", "prepared", "models", "results"))
 
-    assert "400 images from mirror" in _run("fetch", "--params", p, "--raw", raw, env=env)
-    assert "'train': 150, 'test1': 150, 'test2': 100" in _run("prepare", "--params", p, "--raw", raw,
-                                                              "--prepared", prepared, env=env)
-    _run("train", "--params", p, "--prepared", prepared, "--model-dir", models, "--log-dir", results / "train/farnet",
-         env=env)
-    state = torch.load(models / "model.pt", weights_only=True)
+    assert "400 images from mirror" in _run("fetch", "--params", p, "--dataset", "isbi2015", "--raw", raw, env=env)
+    assert "'train': 150, 'test1': 150, 'test2': 100" in _run("prepare", "--params", p, "--dataset", "isbi2015",
+                                                              "--raw", raw, "--prepared", prepared, env=env)
+    _run("train", "--params", p, "--run", "farnet", "--prepared", prepared, "--models", models,
+         "--logs", results / "train", env=env)
+    state = torch.load(models / "farnet" / "model.pt", weights_only=True)
     assert state["meta"]["num_landmarks"] == 19 and state["meta"]["input_hw"] == [64, 64]
     assert len(state["meta"]["landmark_names"]) == 19 and state["meta"]["params"]["profile"] == "tiny"
-    out = _run("evaluate", "--params", p, "--prepared", prepared, "--model-dir", models, "--raw", raw,
+    out = _run("evaluate", "--params", p, "--run", "farnet", "--prepared", prepared, "--models", models,
                "--results", results, env=env)
-    assert "test1: MRE" in out and "test2: MRE" in out
-    metrics = json.loads((results / "metrics/isbi2015.json").read_text())
+    assert "farnet test1: MRE" in out and "farnet test2: MRE" in out
+    metrics = json.loads((results / "metrics/farnet.json").read_text())
     assert metrics["test1"]["n_images"] == 150 and metrics["test2"]["n_images"] == 100
     assert set(metrics["test1"]["sdr"]) == {"2.0", "2.5", "3.0", "4.0"}
     assert 0 < metrics["test1"]["mre_mm"] < 300  # within the 193 x 240 mm image's diagonal
-    run = json.loads((results / "runs/isbi2015.json").read_text())
+    run = json.loads((results / "runs/farnet.json").read_text())
     assert run["profile"] == "tiny" and run["data_source"] == "mirror" and not run["full_set"]
-    _run("tables", "--results", results, env=env)
+    _run("tables", "--results", results, "--raw", raw, env=env)
     table = (results / "tables/table3.md").read_text()
     assert "REDUCED RUN" in table and "FARNet (paper)" in table and "FARNet (ours, tiny)" in table
+    assert "not run" in (results / "tables/table1.md").read_text()  # the other backbones did not run here
+    observer = (results / "tables/inter_observer.md").read_text()
+    assert "senior vs junior" in observer
     _run("plots", "--params", p, "--results", results, "--prepared", prepared, env=env)
     pngs = sorted(x.name for x in (results / "plots").glob("*.png"))
-    assert pngs == ["ewc_weight.png", "isbi2015_overlays.png", "isbi2015_per_landmark_mre.png",
-                    "isbi2015_sdr_curve.png", "table3_ours_vs_paper.png", "training_curves.png"]
+    assert {"ewc_weight.png", "isbi2015_overlays.png", "isbi2015_per_landmark_mre.png", "isbi2015_sdr_curve.png",
+            "table3_ours_vs_paper.png", "training_curves.png"} <= set(pngs)

@@ -27,6 +27,7 @@ from pathlib import Path, PureWindowsPath
 from tqdm import tqdm
 
 from farnet.errors import DataError
+from farnet.fileio import write_json
 
 __all__ = [
     "MIRROR_ENV",
@@ -282,12 +283,6 @@ def copy_verified(src_root: str | Path, dest_root: str | Path, entries: Iterable
     return hashes
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------------------
 # ISBI 2015
 # --------------------------------------------------------------------------------------------------------
@@ -441,5 +436,5 @@ def fetch_isbi2015(dest: str | Path, mirror: str | Path | None = None, *, ids: I
                                   f"{FIGSHARE_ARTICLE_ISBI2015} and extract them into {dest}, or point "
                                   f"{MIRROR_ENV} at a folder holding isbi2015/ with its MANIFEST.json") from err
     summary["files"] = len(hashes)
-    _write_json_atomic(dest / "FETCHED.json", {**summary, "sha256": dict(sorted(hashes.items()))})
+    write_json(dest / "FETCHED.json", {**summary, "sha256": dict(sorted(hashes.items()))})
     return summary

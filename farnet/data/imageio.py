@@ -1,17 +1,32 @@
 """Reading, resizing and coordinate mapping for 8-bit grayscale images.
 
-Every dataset in the project is read through :func:`read_grayscale`, which decodes BMP/PNG/JPEG (anything
-Pillow opens) into a ``uint8`` array of shape (H, W) and turns every unreadable file into a
-:class:`~farnet.errors.DataError` naming it. Truncated files are never padded: Pillow's
+Every dataset in the project is read through :func:`read_grayscale` (or :func:`read_image_with_spacing`, which
+also returns the pixel spacing a DICOM header gives). It decodes BMP, PNG, JPEG, TIFF (8 or 16 bit; anything
+Pillow opens) and DICOM (through pydicom) into a ``uint8`` array of shape (H, W), and turns every unreadable
+file into a :class:`~farnet.errors.DataError` naming it. Truncated files are never padded: Pillow's
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left False, so a half-written JPEG is an error, not a grey image.
 
-Coordinates are (x, y), 0-based, with pixel centres at integers (DESIGN §2.2). Resizing an image of width
-W to width W' maps x' = (x + 0.5)·W'/W − 0.5, which is also how Pillow places its output pixel centres, so
-:func:`resize_grayscale` and :func:`map_points` agree.
+Conversion to 8 bits:
+
+- 8-bit grey: as stored. Colour: Pillow's ITU-R 601-2 luma. Palette, bilevel, CMYK: through Pillow's "L".
+- 16-bit PNG/TIFF: the low byte is dropped (value >> 8), so the full 16-bit range maps onto the full 8-bit
+  range (data using only 12 of the 16 bits come out dark; window them to 16 bits first).
+- DICOM: the modality LUT (Rescale Slope/Intercept) is applied, then the first VOI window of the header
+  (Window Center/Width with its VOI LUT Function: LINEAR, LINEAR_EXACT or SIGMOID, DICOM PS3.3 C.11.2.1.2)
+  maps the values to 0..255; without a window the image's own min..max is stretched to 0..255. MONOCHROME1
+  images (white = low values) are inverted afterwards, so bone is bright in every image. Spacing comes from
+  Pixel Spacing, else Imager Pixel Spacing. Multi-frame and palette-colour DICOM files are refused;
+  compressed transfer syntaxes need a pydicom pixel-data plugin (pylibjpeg, gdcm).
+
+Floating-point images, multi-frame files and images over twice Pillow's ``MAX_IMAGE_PIXELS`` (a decompression
+bomb guard that also bounds DICOM headers) are refused. Coordinates are (x, y), 0-based, with pixel centres at
+integers (DESIGN §2.2). Resizing an image of width W to width W' maps x' = (x + 0.5)·W'/W − 0.5, which is also
+how Pillow places its output pixel centres, so :func:`resize_grayscale` and :func:`map_points` agree.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +34,17 @@ from PIL import Image, ImageFile
 
 from farnet.errors import DataError
 
-__all__ = ["read_grayscale", "resize_grayscale", "map_points"]
+__all__ = ["read_grayscale", "read_image_with_spacing", "read_image_size", "resize_grayscale", "map_points",
+           "DICOM_SUFFIXES"]
 
-# Errors Pillow raises for files it cannot identify or decode (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 def read_grayscale(path: str | Path) -> np.ndarray:
-    """Decode an image file into 8-bit grayscale.
-
-    Colour images are converted with Pillow's ITU-R 601-2 luma; 16-bit images are scaled to 8 bits by
-    dropping the low byte (value >> 8), so the full 16-bit range maps onto the full 8-bit range.
+    """Decode an image file into 8-bit grayscale (see the module text for how each kind is converted).
 
     Args:
-        path: image file (BMP, PNG, JPEG, or any other format Pillow reads).
+        path: image file (BMP, PNG, JPEG, TIFF, DICOM, or any other format Pillow reads).
 
     Returns:
         Array of shape (H, W), dtype uint8.
@@ -41,26 +53,93 @@ def read_grayscale(path: str | Path) -> np.ndarray:
         DataError: the file is missing, empty, not an image, truncated or corrupt, has zero size, or has a
             pixel format with no defined 8-bit scale (floating point, 32-bit integers beyond 16 bits).
     """
-    path = Path(path)
+    return read_image_with_spacing(path)[0]
+
+
+def read_image_with_spacing(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Decode an image file into 8-bit grayscale and the pixel spacing its header states.
+
+    Args:
+        path: image file; DICOM is recognised by its "DICM" preamble or a ``.dcm``/``.dicom`` suffix.
+
+    Returns:
+        (H, W) uint8 image and the spacing (x, y) in mm per pixel from a DICOM Pixel Spacing (or Imager Pixel
+        Spacing) header, or None (other formats, or a DICOM file without one).
+
+    Raises:
+        DataError: as :func:`read_grayscale`; also a DICOM spacing that is not two positive numbers.
+    """
+    path = _check_file(Path(path))
+    if _is_dicom(path):
+        return _read_dicom(path)
+    return _read_pillow(path), None
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(W, H) of an image from its header, without decoding the pixels.
+
+    Raises:
+        DataError: the file is missing, empty or not an image.
+    """
+    path = _check_file(Path(path))
     try:
+        if _is_dicom(path):
+            import pydicom
+
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            width, height = int(ds.Columns), int(ds.Rows)
+        else:
+            with Image.open(path) as img:
+                width, height = img.size
+    except Exception as err:  # third-party parsers raise many types on corrupt headers
+        raise DataError(path, f"cannot read image header ({type(err).__name__}: {err})") from err
+    if width <= 0 or height <= 0:
+        raise DataError(path, f"image has zero size {width}x{height}")
+    return width, height
+
+
+def _check_file(path: Path) -> Path:
+    try:
+        if not path.is_file():
+            raise DataError(path, "image file not found" if not path.exists() else "not a regular file")
         if path.stat().st_size == 0:
             raise DataError(path, "empty file (0 bytes)")
-    except FileNotFoundError:
-        raise DataError(path, "image file not found") from None
     except OSError as err:
         raise DataError(path, f"cannot read image file: {err}") from err
+    return path
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError as err:
+        raise DataError(path, f"cannot read image file: {err}") from err
+    return head[128:132] == b"DICM"
+
+
+def _max_pixels() -> int:
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 2**62
+
+
+def _read_pillow(path: Path) -> np.ndarray:
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone else flipped Pillow's global switch
         raise DataError(path, "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; refusing to decode images "
                               "that may be silently padded")
     try:
         with Image.open(path) as img:
+            frames = getattr(img, "n_frames", 1)
+            if frames != 1:
+                raise DataError(path, f"multi-frame image ({frames} frames); give one image per file")
             img.load()  # decode now, inside the try: Image.open only reads the header
             if img.width == 0 or img.height == 0:
                 raise DataError(path, f"image has zero size {img.width}x{img.height}")
             return _to_uint8(img, path)
     except DataError:
         raise
-    except _DECODE_ERRORS as err:
+    except Exception as err:  # Pillow raises many types on corrupt files (OSError, SyntaxError, struct.error, ...)
         raise DataError(path, f"cannot decode image ({type(err).__name__}: {err})") from err
 
 
@@ -80,6 +159,107 @@ def _to_uint8(img: Image.Image, path: Path) -> np.ndarray:
         raise DataError(path, "floating-point image: no defined 8-bit scale")
     return np.array(img.convert("L"), dtype=np.uint8)
 
+
+# ---- DICOM ---------------------------------------------------------------------------------------------------
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Decode a single-frame DICOM image to 8 bits (modality LUT, VOI window, MONOCHROME1 inverted)."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+
+        ds = pydicom.dcmread(path, force=True)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if rows <= 0 or cols <= 0:
+            raise DataError(path, f"DICOM image has zero size {cols}x{rows}")
+        if rows * cols * frames > _max_pixels():
+            raise DataError(path, f"DICOM image of {cols}x{rows}x{frames} pixels exceeds the size limit "
+                                  f"({_max_pixels()} pixels)")
+        if frames != 1:
+            raise DataError(path, f"multi-frame DICOM ({frames} frames); give one image per file")
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        pixels = ds.pixel_array
+        spacing = _dicom_spacing(ds, path)
+        if photometric in ("MONOCHROME1", "MONOCHROME2"):
+            if pixels.ndim != 2:
+                raise DataError(path, f"{photometric} pixel array has shape {pixels.shape}, expected (H, W)")
+            values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+            image = _window_to_uint8(values, ds, path)
+            if photometric == "MONOCHROME1":  # low values are white: invert so bone is bright as in MONOCHROME2
+                image = 255 - image
+        elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT") and pixels.ndim == 3:
+            if pixels.dtype != np.uint8 or pixels.shape[-1] != 3:
+                raise DataError(path, f"colour DICOM with {pixels.dtype} samples of shape {pixels.shape}: "
+                                      "only 8-bit RGB is supported")
+            image = np.asarray(Image.fromarray(pixels, "RGB").convert("L"), dtype=np.uint8)  # pydicom gave RGB
+        else:
+            raise DataError(path, f"DICOM photometric interpretation {photometric!r} is not supported "
+                                  "(MONOCHROME1, MONOCHROME2 or RGB)")
+    except DataError:
+        raise
+    except Exception as err:  # pydicom raises many types on corrupt or unsupported files
+        raise DataError(path, f"cannot decode DICOM ({type(err).__name__}: {err})") from err
+    if image.shape != (rows, cols):
+        raise DataError(path, f"DICOM pixel data of shape {image.shape} does not match Rows x Columns "
+                              f"{rows}x{cols}")
+    return np.ascontiguousarray(image, dtype=np.uint8), spacing
+
+
+def _dicom_spacing(ds, path: Path) -> tuple[float, float] | None:
+    """(x, y) mm per pixel from Pixel Spacing, else Imager Pixel Spacing (both stored as row, column)."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        try:
+            row_mm, col_mm = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise DataError(path, f"DICOM {keyword} {value!r} is not two numbers") from None
+        if not all(math.isfinite(v) and v > 0 for v in (row_mm, col_mm)):
+            raise DataError(path, f"DICOM {keyword} {value!r} is not two positive numbers")
+        return col_mm, row_mm  # (x, y): columns run along x
+    return None
+
+
+def _first(value) -> float:
+    """The first of a possibly multi-valued DICOM number."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0]
+    return float(value)
+
+
+def _window_to_uint8(values: np.ndarray, ds, path: Path) -> np.ndarray:
+    """Map modality values to 0..255 by the header's first VOI window, else by the image's min..max."""
+    if not np.all(np.isfinite(values)):
+        raise DataError(path, "DICOM pixel values are not finite after the rescale slope/intercept")
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is not None and width is not None and center != "" and width != "":
+        c, w = _first(center), _first(width)
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        if not (math.isfinite(c) and math.isfinite(w)):
+            raise DataError(path, f"DICOM window center/width {c}/{w} are not finite")
+        if function == "LINEAR":  # PS3.3 C.11.2.1.2.1
+            if w < 1:
+                raise DataError(path, f"DICOM window width {w} < 1 (LINEAR)")
+            unit = (values > c - 0.5).astype(np.float64) if w == 1 else ((values - (c - 0.5)) / (w - 1) + 0.5)
+        elif function == "LINEAR_EXACT":  # C.11.2.1.3.2
+            if w <= 0:
+                raise DataError(path, f"DICOM window width {w} <= 0 (LINEAR_EXACT)")
+            unit = (values - c) / w + 0.5
+        elif function == "SIGMOID":  # C.11.2.1.3.1
+            if w <= 0:
+                raise DataError(path, f"DICOM window width {w} <= 0 (SIGMOID)")
+            unit = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - c) / w, -700, 700)))
+        else:
+            raise DataError(path, f"DICOM VOI LUT function {function!r} is not LINEAR, LINEAR_EXACT or SIGMOID")
+    else:  # no window: stretch the image's own range
+        low, high = float(values.min()), float(values.max())
+        unit = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# ---- resizing and coordinates --------------------------------------------------------------------------------
 
 def resize_grayscale(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Resize a grayscale image with Pillow's bilinear filter.

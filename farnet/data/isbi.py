@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,6 +70,18 @@ ISBI_SPLITS = {
 }
 ANNOTATORS = ("mean", "senior", "junior")  # mean of both doctors is the paper's ground truth
 _ANNOTATION_FOLDERS = {"senior": "400_senior", "junior": "400_junior"}
+# A plain decimal number as a CSV writer produces it. Python's float() also takes "1_000", non-ASCII digits and
+# "infinity", so a corrupted byte (a digit turned into "_") would otherwise give a silently different value.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf)", re.IGNORECASE | re.ASCII)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # str.splitlines() also splits at \f, \x1c, \u2028 ... inside a line
+
+
+def _parse_number(text: str) -> float:
+    """float() of a plain decimal number (surrounding spaces allowed); ValueError otherwise."""
+    text = text.strip(" \t")
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(text)
+    return float(text)
 
 
 def read_annotation(path: str | Path, num_landmarks: int = NUM_LANDMARKS,
@@ -93,7 +105,7 @@ def read_annotation(path: str | Path, num_landmarks: int = NUM_LANDMARKS,
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = _LINE_BREAK.split(path.read_text(encoding="utf-8-sig").removesuffix("\n").removesuffix("\r"))
     except FileNotFoundError:
         raise DataError(path, "annotation file not found") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -101,16 +113,16 @@ def read_annotation(path: str | Path, num_landmarks: int = NUM_LANDMARKS,
     points = np.empty((num_landmarks, 2), dtype=np.float64)  # (K, 2)
     for index in range(num_landmarks):
         line_no = index + 1
-        text = lines[index].strip() if index < len(lines) else ""
+        text = lines[index].strip(" \t") if index < len(lines) else ""
         if not text:
-            found = sum(1 for line in lines[:num_landmarks] if line.strip())
+            found = sum(1 for line in lines[:num_landmarks] if line.strip(" \t"))
             raise DataError(path, f"expected {num_landmarks} lines 'x,y', found {found} (line {line_no} is "
                                   f"{'empty' if index < len(lines) else 'missing'})", line=line_no)
         fields = text.split(",")
         try:
             if len(fields) != 2:
                 raise ValueError
-            x, y = float(fields[0]), float(fields[1])
+            x, y = _parse_number(fields[0]), _parse_number(fields[1])
         except ValueError:
             raise DataError(path, f"expected 'x,y' (two numbers), got {text!r}", line=line_no) from None
         if not (math.isfinite(x) and math.isfinite(y)):
@@ -136,15 +148,15 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (OSError, SyntaxError, ValueError) as err:
+    except Exception as err:  # Pillow raises many types on corrupt headers (and DecompressionBombError)
         raise DataError(path, f"cannot read image header ({type(err).__name__}: {err})") from err
 
 
 def _load_manifest(path: Path) -> dict[str, dict]:
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
         return {str(entry["id"]): entry for entry in manifest["files"]}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # ValueError: JSON or UTF-8
         raise DataError(path, f"malformed manifest: {type(err).__name__}: {err}") from err
 
 
@@ -166,9 +178,10 @@ def _image_geometry(root: Path, image_id: str, split: IsbiSplit, manifest: dict[
         original = (int(entry["original_width"]), int(entry["original_height"]))
         stored = (int(entry["stored_width"]), int(entry["stored_height"]))
         scale = (float(entry["scale_x"]), float(entry["scale_y"]))
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:  # OverflowError: int(1e400)
         raise DataError(manifest_path, f"malformed entry for image {image_id}: {type(err).__name__}: {err}") from err
-    if rel.is_absolute() or ".." in rel.parts or not all(s > 0 for s in (*original, *stored, *scale)):
+    if (rel.is_absolute() or ".." in rel.parts or "\x00" in str(rel)
+            or not all(math.isfinite(s) and s > 0 for s in (*original, *stored, *scale))):
         raise DataError(manifest_path, f"bad entry for image {image_id}: path {str(rel)!r}, sizes "
                                        f"{original}/{stored}, scale {scale}")
     path = root / rel

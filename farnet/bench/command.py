@@ -1,0 +1,173 @@
+"""The ``farnet bench`` command: options, the run over every path, and the report it writes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from farnet import provenance
+from farnet.bench.compiled import graphed_inference, graphed_train_step, run_compiled
+from farnet.bench.measure import (BenchPath, bench_paths, count_flops, describe, eager_inference, eager_train_step,
+                                  make_model, measure_data, memory_kind, path_settings, release, timed)
+from farnet.bench.report import (AUTHORS_CPU_INFERENCE_S, AUTHORS_CPU_TRAIN_STEP_S, AUTHORS_FORWARD_GFLOP,
+                                 AUTHORS_REFERENCE, AUTHORS_STEP_GFLOP, SCHEMA_VERSION, add_ratios, device_name,
+                                 device_peak, device_slug, markdown_table, write_report)
+from farnet.errors import ConfigError
+from farnet.fastpath import resolve, tune_backends
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="input size (default 800 640, the ISBI protocol; --quick: 160 128)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs before timing")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="batch sizes to time (default: CPU 1 2, CUDA 1 2 4 8)")
+    parser.add_argument("--backbone", default="densenet121", help="backbone of the FARNet measured")
+    parser.add_argument("--num-landmarks", type=int, default=19)
+    parser.add_argument("--paths", nargs="+", default=None,
+                        help="only these paths (names as in the table, or: compile, cuda_graphs)")
+    parser.add_argument("--device", default=None, help="default: FARNET_DEVICE, else CUDA if available, else CPU")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="a prepared cache folder (e.g. data/prepared/isbi2015/train): time the data path")
+    parser.add_argument("--data-steps", type=int, default=30, help="batches to time on the data path")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers on the data path")
+    parser.add_argument("--compile-timeout", type=float, default=1200.0,
+                        help="seconds torch.compile (compilation and its timings) may take before it is given up")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's bf16 peak in TFLOP/s for the floor (default: a table for known GPUs, "
+                             "an estimate for CPUs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 160x128, 1 warm-up, 2 repeats, batches 1 2, no torch.compile")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file to write (default results/benchmarks/<device>.json); the table goes beside "
+                             "it as .md")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or os.environ.get("FARNET_DEVICE")
+                          or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size_hw = tuple(args.size) if args.size else ((160, 128) if args.quick else (800, 640))
+    if any(v <= 0 or v % 32 for v in size_hw):
+        raise ConfigError(f"--size {size_hw[0]} {size_hw[1]}: both must be positive multiples of 32")
+    on_cuda = device.type == "cuda"
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick or not on_cuda else 5)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else (20 if on_cuda else 3))
+    batches = args.batches or ([1, 2] if args.quick or not on_cuda else [1, 2, 4, 8])
+    if warmup < 0 or repeats < 1 or any(b < 1 for b in batches):
+        raise ConfigError("--warmup must be >= 0, --repeats and --batches >= 1")
+    paths = select_paths(bench_paths(device), args.paths, quick=args.quick)
+    report = run_benchmark(device=device, size_hw=size_hw, batches=sorted(set(batches)), warmup=warmup,
+                           repeats=repeats, backbone=args.backbone, num_landmarks=args.num_landmarks, paths=paths,
+                           cache=args.cache, data_steps=args.data_steps, num_workers=args.num_workers,
+                           compile_timeout_s=args.compile_timeout, peak_tflops=args.peak_tflops, quick=args.quick,
+                           log=lambda message: print(message, flush=True))
+    out = args.out or Path("results/benchmarks") / f"{report['device']}.json"
+    table = markdown_table(report)
+    write_report(report, table, out)
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def select_paths(paths: list[BenchPath], wanted: list[str] | None, quick: bool) -> list[BenchPath | str]:
+    """The paths to run; a path left out by --quick stays in the list as its name, to be recorded as skipped."""
+    if wanted is None:
+        return [p.name if (quick and p.compile) else p for p in paths]
+    chosen = []
+    for name in wanted:
+        match = [p for p in paths if p.name == name or (name == "compile" and p.compile)
+                 or (name == "cuda_graphs" and p.cuda_graphs)]
+        if not match:
+            raise ConfigError(f"--paths {name!r} is not one of {', '.join(p.name for p in paths)}")
+        chosen.extend(m for m in match if m not in chosen)
+    return chosen
+
+
+def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: list[int], warmup: int, repeats: int,
+                  backbone: str = "densenet121", num_landmarks: int = 19, paths: list[BenchPath | str] | None = None,
+                  cache: Path | None = None, data_steps: int = 30, num_workers: int = 0,
+                  compile_timeout_s: float = 1200.0, peak_tflops: float | None = None, quick: bool = False,
+                  log: Callable[[str], None] = lambda message: None) -> dict:
+    """Time every path and return the report (the JSON document ``farnet bench`` writes)."""
+    tune_backends(device)
+    paths = bench_paths(device) if paths is None else paths
+    spec = {"device": str(device), "size_hw": list(size_hw), "batches": list(batches), "warmup": warmup,
+            "repeats": repeats, "backbone": backbone, "num_landmarks": num_landmarks,
+            "threads": torch.get_num_threads()}
+    peak = device_peak(device, peak_tflops)
+    auto = resolve("auto", "auto", device)
+    log(f"farnet bench on {device_name(device)}: {size_hw[0]}x{size_hw[1]}, batches {batches}, "
+        f"{warmup} warm-up + {repeats} timed runs; 'auto' here = {auto.describe()}")
+    flops = count_flops(spec, auto)
+    log(f"FLOPs per image: forward {flops['forward_per_image'] / 1e9:.1f} G, "
+        f"training step {flops['train_step_per_image'] / 1e9:.1f} G")
+    results = {}
+    for path in paths:
+        if isinstance(path, str):
+            results[path] = {"status": "skipped", "reason": "--quick: torch.compile takes minutes"}
+            continue
+        log(f"-- {path.name}")
+        if path.compile:
+            entry = run_compiled(path, spec, compile_timeout_s, log)
+        else:
+            entry = measure_path(path, spec, log)
+        results[path.name] = entry
+    add_ratios(results, flops, peak, device, size_hw)
+    report = {
+        "schema": SCHEMA_VERSION,
+        "device": device_slug(device),
+        "device_name": device_name(device),
+        "hardware": provenance.hardware_description(),
+        "torch": torch.__version__,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": provenance.git_commit(Path.cwd()),
+        "quick": quick,
+        "settings": {**spec, "memory": memory_kind(device),
+                     "timing": "median of the timed runs after the warm-up; device synchronised before each clock "
+                               "reading. train = farnet.engine.train_step (Adam, EWC loss, both heads); "
+                               "inference = farnet.evaluate.predict_landmarks (argmax decoding), from host uint8 "
+                               "images to host landmarks"},
+        "auto": {"precision": auto.precision, "channels_last": auto.channels_last},
+        "flops": flops,
+        "peak": peak,
+        "reference": {"authors_cpu_train_step_s": AUTHORS_CPU_TRAIN_STEP_S,
+                      "authors_cpu_inference_s": list(AUTHORS_CPU_INFERENCE_S),
+                      "authors_step_gflop": AUTHORS_STEP_GFLOP, "authors_forward_gflop": AUTHORS_FORWARD_GFLOP,
+                      "source": AUTHORS_REFERENCE,
+                      "applies": device.type == "cpu",
+                      "note": "ratios to the authors' figures are given on CPU only: those figures were measured on "
+                              "the project's 2-core CPU and mean something only there"},
+        "paths": results,
+        "data": measure_data(cache, device, num_workers, data_steps, log) if cache is not None else None,
+    }
+    return report
+
+
+def measure_path(path: BenchPath, spec: dict, log: Callable[[str], None] = lambda m: None) -> dict:
+    """Train-step and inference timings of one eager (or CUDA-graph) path at every batch size of ``spec``."""
+    device = torch.device(spec["device"])
+    entry = {"status": "ok", **path_settings(path), "train": {}, "inference": {}}
+    try:
+        for batch in spec["batches"]:
+            model = make_model(spec, device, path)
+            step = (graphed_train_step if path.cuda_graphs else eager_train_step)(model, path.fast, spec, batch)
+            entry["train"][str(batch)] = timed(step, spec, device, batch)
+            log(f"   train     batch {batch}: {describe(entry['train'][str(batch)])}")
+            del step, model
+            model = make_model(spec, device, path)
+            infer = (graphed_inference if path.cuda_graphs else eager_inference)(model, path.fast, spec, batch)
+            entry["inference"][str(batch)] = timed(infer, spec, device, batch)
+            log(f"   inference batch {batch}: {describe(entry['inference'][str(batch)])}")
+            del infer, model
+    # one failing path (e.g. out of memory at a large batch) must not lose the others
+    except Exception as exc:  # noqa: BLE001
+        entry.update(status="failed" if not entry["train"] else "partial", reason=f"{type(exc).__name__}: {exc}")
+        log(f"   {entry['status']}: {entry['reason']}")
+    release(device)
+    return entry

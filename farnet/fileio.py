@@ -1,0 +1,69 @@
+"""Atomic file writes: a temporary file beside the target, fsync, then a rename.
+
+An interrupted write never leaves a half-written file behind, and a failed one (a full disk) raises
+:class:`~farnet.errors.WriteError` naming the file, keeps the old file and removes the temporary one. Every
+result, checkpoint and table of the project is written through :func:`atomic_write`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+
+from farnet.errors import WriteError
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
+    """Call ``write(fh)`` on a binary temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(path, f"cannot write: {exc}") from exc
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text atomically."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented JSON (numpy scalars and arrays, tuples and paths converted)."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
+    """Write a DataFrame as CSV without its index, floats to 6 significant digits."""
+    return write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,391 @@
+"""``farnet predict``: landmarks for new images with a trained model.
+
+    farnet predict IMAGE... --model models/farnet/model.pt [--out predictions] [--spacing-mm S]
+                   [--device cpu|cuda] [--batch-size 4] [--decode argmax|subpixel] [--keep-going]
+
+The network is rebuilt from the checkpoint's own metadata (``meta.params["model"]``, ``num_landmarks``,
+``input_hw``), never from ``params.yaml``, so a model file is self-contained. Each image (BMP, PNG, JPEG, 8- or
+16-bit PNG/TIFF, DICOM; see :mod:`farnet.data.imageio`) is read as 8-bit grey, resized to ``input_hw`` as in
+training, and the decoded landmarks are mapped back to the ORIGINAL image's pixels with
+x = (x_in + 0.5)·W/W_in − 0.5 (likewise y). For each image ``<stem>.csv``, ``<stem>.json`` and
+``<stem>_overlay.png`` (landmarks numbered from 1) are written to ``--out``; the three are written to temporary
+files first and renamed together, so a failure (a full disk) leaves no partial output.
+
+Millimetres, when a spacing is known, in this order: the DICOM header (Pixel Spacing, else Imager Pixel
+Spacing), ``--spacing-mm``, the model's dataset default (ISBI 2015: 0.1 mm per pixel of its 1935×2400 images;
+a warning is printed for an image of another size); otherwise only pixel columns are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+from tqdm.auto import tqdm
+
+from farnet.checkpoint import load_checkpoint
+from farnet.config import ModelParams, params_from_dict
+from farnet.data.imageio import map_points, read_image_with_spacing, resize_grayscale
+from farnet.errors import ConfigError, DataError, FarnetError, WriteError
+from farnet.evaluate import predict_landmarks
+from farnet.model import build_model
+
+__all__ = ["TrainedModel", "Prediction", "load_trained_model", "predict_images", "write_prediction",
+           "add_arguments", "run"]
+
+# Spacing of a dataset's original images (mm per pixel) and their size, for models whose metadata has none.
+DATASET_SPACING_MM = {"isbi2015": (0.1, (1935, 2400))}
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A network rebuilt from a trained model file, in eval mode, with that file's metadata."""
+
+    model: nn.Module
+    meta: dict
+    path: Path
+
+    @property
+    def num_landmarks(self) -> int:
+        return int(self.meta["num_landmarks"])
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return int(self.meta["input_hw"][0]), int(self.meta["input_hw"][1])
+
+    @property
+    def landmark_names(self) -> list[str]:
+        return [str(n) for n in self.meta["landmark_names"]]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Landmarks of one image in its original pixels.
+
+    Attributes:
+        image_path: the input file.
+        image: (H, W) uint8, the image as read.
+        landmarks_px: (K, 2) float64 (x, y) in original pixels.
+        spacing_mm: (x, y) mm per pixel, or None.
+        spacing_source: where the spacing came from ("dicom header", "--spacing-mm", "model default"), or None.
+    """
+
+    image_path: Path
+    image: np.ndarray
+    landmarks_px: np.ndarray
+    spacing_mm: tuple[float, float] | None
+    spacing_source: str | None
+
+    @property
+    def landmarks_mm(self) -> np.ndarray | None:
+        """(K, 2) positions in mm from the image's (0, 0) pixel centre, or None without a spacing."""
+        return None if self.spacing_mm is None else self.landmarks_px * np.asarray(self.spacing_mm)
+
+
+def load_trained_model(path: str | Path, *, device: str | torch.device = "cpu",
+                       num_landmarks: int | None = None) -> TrainedModel:
+    """Rebuild the network a ``model.pt`` describes and load its weights (``weights_only=True``).
+
+    Args:
+        path: a model file written by the train stage (``{"model": state_dict, "meta": {...}}``).
+        device: where to put the network.
+        num_landmarks: when given, the model must predict exactly this many landmarks.
+
+    Raises:
+        DataError: naming the file, when it is not a trained model file, its metadata is incomplete, it is for
+            another number of landmarks, or its weights do not fit the network its metadata describes.
+    """
+    path = Path(path)
+    state = load_checkpoint(path, map_location="cpu")
+    meta = state.get("meta")
+    if not isinstance(meta, dict):
+        raise DataError(path, "no 'meta' entry: not a trained model file (use models/<run>/model.pt; the "
+                              "resumable state/checkpoint.pt cannot be used)")
+    for key in ("num_landmarks", "input_hw", "params"):
+        if key not in meta:
+            raise DataError(path, f"model metadata lacks {key!r}")
+    k = meta["num_landmarks"]
+    hw = meta["input_hw"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DataError(path, f"model metadata num_landmarks {k!r} is not a positive integer")
+    if not (isinstance(hw, (list, tuple)) and len(hw) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw)):
+        raise DataError(path, f"model metadata input_hw {hw!r} is not two positive integers")
+    meta = dict(meta)
+    names = meta.get("landmark_names") or [f"L{i + 1}" for i in range(k)]
+    if len(names) != k:
+        raise DataError(path, f"model metadata has {len(names)} landmark names for {k} landmarks")
+    meta["landmark_names"] = list(names)
+    if num_landmarks is not None and k != num_landmarks:
+        raise DataError(path, f"model predicts {k} landmarks (dataset {meta.get('dataset')!r}), but "
+                              f"{num_landmarks} are expected here")
+    model = build_model(model_params(meta, path), k)
+    _load_weights(model, state["model"], path, k)
+    model.to(device).eval()
+    return TrainedModel(model=model, meta=meta, path=path)
+
+
+def model_params(meta: dict, path: str | Path = "<model>") -> ModelParams:
+    """The :class:`~farnet.config.ModelParams` a model was trained with, from its metadata.
+
+    ``pretrained`` is forced to "none": the weights come from the checkpoint, nothing is downloaded.
+    """
+    try:
+        raw = dict(meta["params"]["model"])
+        raw["pretrained"] = "none"
+        return params_from_dict({"model": raw}).model
+    except (KeyError, TypeError, ConfigError) as err:
+        raise DataError(path, f"model metadata params.model is unusable: {type(err).__name__}: {err}") from err
+
+
+def _load_weights(model: nn.Module, weights: dict, path: Path, k: int) -> None:
+    """load_state_dict with a message that names the mismatching tensors (e.g. another landmark count)."""
+    expected = model.state_dict()
+    if not isinstance(weights, dict):
+        raise DataError(path, "the 'model' entry is not a state dict")
+    mismatched = [f"{name}: file {tuple(weights[name].shape)} vs network {tuple(t.shape)}"
+                  for name, t in expected.items() if name in weights and hasattr(weights[name], "shape")
+                  and tuple(weights[name].shape) != tuple(t.shape)]
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    if mismatched or missing or unexpected:
+        details = "; ".join(mismatched[:3] + [f"missing {missing[:3]}"] * bool(missing)
+                            + [f"unexpected {unexpected[:3]}"] * bool(unexpected))
+        raise DataError(path, f"weights do not fit the network its metadata describes ({k} landmarks): {details}")
+    model.load_state_dict(weights)
+
+
+def resolve_spacing(header_mm: tuple[float, float] | None, argument_mm: float | None, meta: dict,
+                    image_wh: tuple[int, int]) -> tuple[tuple[float, float] | None, str | None, str | None]:
+    """(spacing (x, y) mm, its source, a warning or None): DICOM header, else ``--spacing-mm``, else the model's
+    dataset default."""
+    if header_mm is not None:
+        return header_mm, "dicom header", None
+    if argument_mm is not None:
+        return (argument_mm, argument_mm), "--spacing-mm", None
+    dataset = meta.get("dataset")
+    default, original_wh = DATASET_SPACING_MM.get(dataset, (None, None))
+    if meta.get("spacing_mm"):
+        default = float(meta["spacing_mm"])
+    if default is None:
+        return None, None, None
+    warning = None
+    if original_wh is not None and tuple(image_wh) != tuple(original_wh):
+        warning = (f"assuming the {dataset} spacing of {default:g} mm per pixel of its {original_wh[0]}x"
+                   f"{original_wh[1]} images, but this image is {image_wh[0]}x{image_wh[1]}: pass --spacing-mm")
+    return (default, default), f"model default ({dataset})", warning
+
+
+def predict_images(trained: TrainedModel, paths: Sequence[str | Path], *, batch_size: int = 4,
+                   device: str | torch.device = "cpu", spacing_mm: float | None = None, decode: str = "argmax",
+                   progress: bool = True, errors: list | None = None) -> Iterator[Prediction]:
+    """Predict the landmarks of each image file, in order, ``batch_size`` images per forward pass.
+
+    Args:
+        errors: when given, a file that cannot be read is appended to it as ``(path, DataError)`` and skipped;
+            otherwise its DataError is raised.
+
+    Yields:
+        One :class:`Prediction` per readable image.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    h_in, w_in = trained.input_hw
+    bar = tqdm(total=len(paths), unit="image", desc="predict", disable=not progress, dynamic_ncols=True)
+    try:
+        for start in range(0, len(paths), batch_size):
+            batch = []
+            for path in map(Path, paths[start:start + batch_size]):
+                try:
+                    image, header_mm = read_image_with_spacing(path)
+                except DataError as err:
+                    if errors is None:
+                        raise
+                    errors.append((path, err))
+                    bar.update(1)
+                    continue
+                batch.append((path, image, header_mm))
+            if not batch:
+                continue
+            inputs = np.stack([resize_grayscale(image, (h_in, w_in)) for _, image, _ in batch])  # (B, H_in, W_in)
+            pred_in = predict_landmarks(trained.model, inputs, batch_size=len(batch), device=device,
+                                        decoders=(decode,), progress=False)[decode]  # (B, K, 2) input pixels
+            for (path, image, header_mm), points in zip(batch, pred_in):
+                wh = (image.shape[1], image.shape[0])
+                points_px = map_points(points, (w_in, h_in), wh)  # x = (x_in + 0.5)·W/W_in − 0.5
+                spacing, source, warning = resolve_spacing(header_mm, spacing_mm, trained.meta, wh)
+                if warning:
+                    tqdm.write(f"{path}: warning: {warning}", file=sys.stderr)
+                bar.update(1)
+                yield Prediction(path, image, points_px, spacing, source)
+    finally:
+        bar.close()
+
+
+# ---- output files --------------------------------------------------------------------------------------------
+
+def output_paths(image_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """The files written for one image: ``csv``, ``json`` and ``overlay``."""
+    stem, out_dir = Path(image_path).stem, Path(out_dir)
+    return {"csv": out_dir / f"{stem}.csv", "json": out_dir / f"{stem}.json",
+            "overlay": out_dir / f"{stem}_overlay.png"}
+
+
+def write_prediction(pred: Prediction, trained: TrainedModel, out_dir: str | Path,
+                     decode: str = "argmax") -> list[Path]:
+    """Write ``<stem>.csv``, ``<stem>.json`` and ``<stem>_overlay.png`` for one prediction, all or none.
+
+    Raises:
+        WriteError: a file could not be written; none of the three is left half-written, no temporary remains.
+    """
+    paths = output_paths(pred.image_path, out_dir)
+    names = trained.landmark_names
+    mm = pred.landmarks_mm
+    rows = []
+    for i, (name, (x, y)) in enumerate(zip(names, pred.landmarks_px)):
+        row = {"number": i + 1, "name": name, "x_px": round(float(x), 4), "y_px": round(float(y), 4)}
+        if mm is not None:
+            row.update(x_mm=round(float(mm[i, 0]), 5), y_mm=round(float(mm[i, 1]), 5))
+        rows.append(row)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    meta = trained.meta
+    document = {
+        "image": str(pred.image_path),
+        "width": int(pred.image.shape[1]), "height": int(pred.image.shape[0]),
+        "coordinates": "original image pixels (x, y), 0-based, pixel centres at integers; mm = px * spacing",
+        "spacing_mm": list(pred.spacing_mm) if pred.spacing_mm is not None else None,
+        "spacing_source": pred.spacing_source,
+        "decode": decode,
+        "model": {"file": str(trained.path), "dataset": meta.get("dataset"), "backbone": meta.get("backbone"),
+                  "input_hw": list(trained.input_hw), "selected_epoch": meta.get("selected_epoch"),
+                  "git_commit": meta.get("git_commit")},
+        "landmarks": rows,
+    }
+    files = {paths["csv"]: table.getvalue().encode(),
+             paths["json"]: (json.dumps(document, indent=2) + "\n").encode(),
+             paths["overlay"]: overlay_png(pred.image, pred.landmarks_px)}
+    return _write_all(files)
+
+
+def overlay_png(image: np.ndarray, points_xy: np.ndarray) -> bytes:
+    """PNG bytes of the image (original size) with each landmark marked and numbered from 1."""
+    height, width = image.shape
+    canvas = Image.fromarray(image).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    radius = max(2, round(max(width, height) / 300))
+    try:
+        font = ImageFont.load_default(size=max(10, round(max(width, height) / 70)))
+    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
+        font = ImageFont.load_default()
+    for number, (x, y) in enumerate(points_xy, start=1):
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=(255, 0, 0), outline=(255, 255, 255))
+        left, top, right, bottom = draw.textbbox((0, 0), str(number), font=font, stroke_width=1)
+        tx = x + radius + 1 if x + radius + 1 + right <= width else x - radius - 1 - right  # keep it inside
+        ty = min(max(y - radius - 1, -top), height - bottom)
+        draw.text((tx, ty), str(number), fill=(255, 255, 0), font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+    buffer = io.BytesIO()
+    canvas.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _write_bytes(fh, data: bytes) -> None:
+    fh.write(data)
+
+
+def _write_all(files: dict[Path, bytes]) -> list[Path]:
+    """Write every file to a temporary file beside it, then rename them all; on any failure remove the temps."""
+    temps: dict[Path, str] = {}
+    current = next(iter(files))
+    try:
+        for path, data in files.items():
+            current = path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temps[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "wb") as fh:
+                _write_bytes(fh, data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(temps[path], 0o644)
+        for path, tmp in temps.items():
+            current = path
+            os.replace(tmp, path)
+    except BaseException as exc:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WriteError(current, f"cannot write: {exc}") from exc
+        raise
+    return list(files)
+
+
+# ---- command line --------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                        help="image files: BMP, PNG, JPEG, 8/16-bit PNG or TIFF, DICOM")
+    parser.add_argument("--model", required=True, type=Path, metavar="CHECKPOINT",
+                        help="trained model file (models/<run>/model.pt)")
+    parser.add_argument("--out", type=Path, default=Path("predictions"),
+                        help="output folder for <stem>.csv, <stem>.json, <stem>_overlay.png (default: predictions)")
+    parser.add_argument("--spacing-mm", type=float, default=None, metavar="S",
+                        help="mm per pixel for images whose header gives none (DICOM headers take precedence)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: $FARNET_DEVICE, else "
+                                                       "cuda when available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    parser.add_argument("--decode", choices=("argmax", "subpixel"), default="argmax",
+                        help="heatmap decoding: argmax (the paper) or subpixel (default: argmax)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="skip unreadable images (listed at the end, exit status 1) instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.spacing_mm is not None and not (np.isfinite(args.spacing_mm) and args.spacing_mm > 0):
+        raise ConfigError(f"--spacing-mm must be a positive number, got {args.spacing_mm}")
+    images = list(args.images)
+    _check_outputs(images, args.out)
+    device = torch.device(args.device or os.environ.get("FARNET_DEVICE")
+                          or ("cuda" if torch.cuda.is_available() else "cpu"))
+    trained = load_trained_model(args.model, device=device)
+    errors: list | None = [] if args.keep_going else None
+    written = 0
+    for pred in predict_images(trained, images, batch_size=args.batch_size, device=device,
+                               spacing_mm=args.spacing_mm, decode=args.decode, progress=not args.no_progress,
+                               errors=errors):
+        write_prediction(pred, trained, args.out, decode=args.decode)
+        written += 1
+    print(f"wrote landmarks of {written} image(s) to {args.out}")
+    for path, err in errors or []:
+        print(f"farnet predict: skipped {err}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _check_outputs(images: list[Path], out_dir: Path) -> None:
+    """Refuse inputs whose outputs would overwrite each other or an input."""
+    seen: dict[str, Path] = {}
+    inputs = {p.resolve() for p in images}
+    for image in images:
+        if image.stem in seen and seen[image.stem].resolve() != image.resolve():
+            raise FarnetError(f"{image} and {seen[image.stem]} would write the same {image.stem}.csv: "
+                              "predict them into different --out folders")
+        seen[image.stem] = image
+        clash = [p for p in output_paths(image, out_dir).values() if p.resolve() in inputs]
+        if clash:
+            raise FarnetError(f"{image}: its output {clash[0]} would overwrite an input image; choose another --out")

@@ -1,0 +1,137 @@
+"""Smoke tests of ``farnet bench``: the report's schema and that its numbers are positive. No timing is asserted
+(performance is measured by the command on a quiet machine, never by tests)."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from farnet.bench import command, compiled, measure, report
+from farnet.cli import main
+from farnet.data.cache import build_cache
+from farnet.data.sample import Sample
+from farnet.errors import ConfigError
+
+EAGER = ["fp32", "bf16", "channels_last", "bf16+channels_last"]
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "cpu.json"
+    assert main(["bench", "--quick", "--size", "64", "64", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    return json.loads(out.read_text()), out
+
+
+def test_quick_report_schema(quick_report):
+    doc, out = quick_report
+    assert doc["schema"] == report.SCHEMA_VERSION and doc["quick"] is True
+    assert doc["device"].startswith("cpu-") and doc["device"] == report.device_slug(torch.device("cpu"))
+    for key in ("hardware", "torch", "date", "git_commit", "device_name"):
+        assert isinstance(doc[key], str) and doc[key]
+    assert doc["settings"]["size_hw"] == [64, 64] and doc["settings"]["batches"] == [1, 2]
+    assert doc["auto"]["precision"] in ("fp32", "bf16")
+    assert doc["flops"]["train_step_per_image"] > doc["flops"]["forward_per_image"] > 0
+    assert doc["reference"]["authors_cpu_train_step_s"] == report.AUTHORS_CPU_TRAIN_STEP_S == 8.0
+    assert doc["reference"]["authors_cpu_inference_s"] == [1.5, 1.9]
+    assert doc["peak"]["estimate"] is True and "ESTIMATE" in doc["peak"]["source"]
+    assert doc["data"] is None
+    table = out.with_suffix(".md").read_text()
+    for name in EAGER:
+        assert f"| {name} " in table
+
+
+def test_quick_report_numbers_are_positive(quick_report):
+    doc, _ = quick_report
+    assert list(doc["paths"])[:4] == EAGER
+    for name in EAGER:
+        path = doc["paths"][name]
+        assert path["status"] == "ok", path.get("reason")
+        for what in ("train", "inference"):
+            assert sorted(path[what]) == ["1", "2"]
+            for batch, m in path[what].items():
+                assert m["median_s"] > 0 and len(m["times_s"]) == 1
+                assert m["images_per_s"] == pytest.approx(int(batch) / m["median_s"])
+                assert m["peak_memory_bytes"] > 0 and m["flops_per_s"] > 0
+                assert m["fraction_of_peak"] is None or m["fraction_of_peak"] > 0  # None: no clock known
+        r = path["ratios"]
+        assert r["train_speedup_vs_fp32"] > 0 and r["inference_speedup_vs_fp32"] > 0
+        assert r["train_speedup_vs_authors"] is None  # the authors' figures are for 800x640 only
+        assert r["train_floor_s"] is None or r["train_time_over_floor"] > 0
+        assert r["train_best_batch"] in (1, 2) and r["paper_schedule_train_s"] > 0
+    assert doc["paths"]["fp32"]["ratios"]["train_speedup_vs_fp32"] == 1.0
+    compiled = [p for name, p in doc["paths"].items() if name.startswith("compile")]
+    assert len(compiled) == 1 and compiled[0]["status"] == "skipped" and "--quick" in compiled[0]["reason"]
+
+
+def test_ratios_to_the_authors_at_800x640_on_cpu():
+    results = {"fp32": {"status": "ok", "precision": "fp32",
+                        "train": {"1": {"median_s": 16.0, "images_per_s": 1 / 16}},
+                        "inference": {"1": {"median_s": 3.4, "images_per_s": 1 / 3.4}}},
+               "bf16": {"status": "ok", "precision": "bf16",
+                        "train": {"1": {"median_s": 2.0, "images_per_s": 0.5}},
+                        "inference": {"1": {"median_s": 0.85, "images_per_s": 1 / 0.85}}}}
+    flops = {"train_step_per_image": 930e9, "forward_per_image": 311e9}
+    peak = {"bf16_flops_per_s": 930e9, "fp32_flops_per_s": 465e9}
+    report.add_ratios(results, flops, peak, torch.device("cpu"), (800, 640))
+    r = results["bf16"]["ratios"]
+    assert r["train_speedup_vs_fp32"] == pytest.approx(8.0) and r["train_speedup_vs_authors"] == pytest.approx(4.0)
+    assert r["inference_speedup_vs_authors"] == pytest.approx(2.0)  # midpoint of 1.5-1.9 s
+    assert r["train_floor_s"] == pytest.approx(1.0) and r["train_time_over_floor"] == pytest.approx(2.0)
+    assert results["bf16"]["train"]["1"]["fraction_of_peak"] == pytest.approx(0.5)
+    assert results["fp32"]["train"]["1"]["fraction_of_peak"] == pytest.approx(930e9 / 16 / 465e9)
+    assert r["paper_schedule_train_s"] == pytest.approx(45000 * 2.0)
+    report.add_ratios(results, flops, peak, torch.device("cuda"), (800, 640))
+    assert results["bf16"]["ratios"]["train_speedup_vs_authors"] is None  # CPU figures: not for a GPU
+
+
+def test_data_path_from_a_prepared_cache(tmp_path):
+    samples = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((40, 30), 50 * i, np.uint8)).save(path)
+        samples.append(Sample(image_id=str(i), image_path=path, landmarks_px=np.array([[5.0, 6.0], [20.0, 30.0]]),
+                              original_wh=(30, 40), stored_wh=(30, 40), spacing_mm=0.1))
+    cache = build_cache(samples, tmp_path / "cache", (64, 32), progress=False)
+    data = measure.measure_data(cache, torch.device("cpu"), num_workers=0, steps=5)
+    assert data["input_hw"] == [64, 32] and data["batches_timed"] == 3 and data["pin_memory"] is False
+    assert data["median_batch_s"] > 0 and data["first_batch_s"] > 0
+
+
+def test_paths_per_device_and_bad_options():
+    names = [p.name for p in measure.bench_paths(torch.device("cpu"))]
+    assert names[:4] == EAGER and names[4].startswith("compile(") and not any("cuda_graphs" in n for n in names)
+    selected = command.select_paths(measure.bench_paths(torch.device("cpu")), ["fp32", "compile"], quick=True)
+    assert [p.name for p in selected] == ["fp32", names[4]]
+    with pytest.raises(ConfigError, match="--paths 'tf32' is not one of"):
+        command.select_paths(measure.bench_paths(torch.device("cpu")), ["tf32"], quick=False)
+    assert main(["bench", "--size", "100", "64", "--quick"]) == 2  # reported as an error, not a traceback
+
+
+def test_cpu_peak_is_labelled_an_estimate():
+    peak = report.cpu_peak_estimate()
+    assert peak["estimate"] is True
+    if peak["bf16_flops_per_s"] is not None:
+        assert peak["bf16_flops_per_s"] >= peak["fp32_flops_per_s"] > 0
+
+
+def _partial_then_error(path, spec, messages):  # a compile child that measured batch 1, then failed
+    messages.put(("compile_s", "train", 1, 12.5))
+    messages.put(("train", 1, {"median_s": 0.5, "images_per_s": 2.0, "peak_memory_bytes": 2**30}))
+    messages.put(("error", "RuntimeError: out of memory"))
+
+
+def _hangs(path, spec, messages):
+    time.sleep(60)
+
+
+def test_compile_child_results_are_kept_on_error_and_timeout():
+    path = measure.BenchPath("compile(fp32)", "fp32", False, compile=True)
+    entry = compiled.run_compiled(path, {}, timeout_s=60, worker=_partial_then_error)
+    assert entry["status"] == "partial" and "out of memory" in entry["reason"]
+    assert entry["train"]["1"]["median_s"] == 0.5 and entry["compile_s"] == {"train_1": 12.5}
+    entry = compiled.run_compiled(path, {}, timeout_s=2, worker=_hangs)
+    assert entry["status"] == "timeout" and "did not finish within 2 s" in entry["reason"]

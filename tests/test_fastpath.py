@@ -1,0 +1,250 @@
+"""Tests of farnet.fastpath: where "auto" resolves to, the config fields that take it, and that every fast path
+predicts the same landmarks as fp32 on a real radiograph (bf16 autocast and channels_last on the CPU;
+torch.compile and CUDA graphs on CUDA only, since compiling FARNet on a 2-core CPU takes minutes)."""
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from farnet import fastpath
+from farnet.config import load_params, params_from_dict
+from farnet.engine import TrainOptions, autocast, build_optimizer, train, train_step
+from farnet.errors import ConfigError
+from farnet.fastpath import FastPath, resolve, resolve_channels_last, resolve_precision
+from farnet.losses import ExponentialWeightedCenterLoss
+from farnet.model import Heatmaps
+
+
+@pytest.fixture(params=[True, False], ids=["bf16-hardware", "no-bf16"])
+def native(request, monkeypatch):
+    monkeypatch.setattr(fastpath, "bf16_native", lambda device: request.param)
+    return request.param
+
+
+def test_auto_picks_bf16_and_channels_last_only_where_bf16_is_native(native):
+    on_cpu = resolve("auto", "auto", "cpu")
+    assert on_cpu == (FastPath("bf16", True) if native else FastPath("fp32", False))
+    on_cuda = resolve("auto", "auto", "cuda")
+    assert on_cuda == FastPath("bf16" if native else "fp32", True)  # channels_last is cuDNN's layout either way
+    assert on_cpu.memory_format == (torch.channels_last if native else torch.contiguous_format)
+
+
+def test_explicit_settings_are_kept(native):
+    assert resolve("fp32", False, "cpu") == FastPath("fp32", False)
+    assert resolve("bf16", True, "cpu") == FastPath("bf16", True)  # honoured even where bf16 is emulated
+    assert resolve("fp32", "auto", "cpu") == FastPath("fp32", False)
+    assert resolve("bf16", "auto", "cpu") == FastPath("bf16", True)
+    assert resolve_precision("fp32", "cuda") == "fp32"
+    assert resolve_channels_last(True, "cpu", "fp32") is True
+    assert FastPath("bf16", True).describe() == "bf16+channels_last" and FastPath("fp32", False).describe() == "fp32"
+
+
+def test_bad_settings_name_the_value():
+    with pytest.raises(ValueError, match=r"precision 'fp16' is not one of 'auto', 'fp32', 'bf16'"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match=r"channels_last 'yes' is not one of True, False, 'auto'"):
+        resolve_channels_last("yes", "cpu", "fp32")
+
+
+def test_bf16_native_on_this_cpu_matches_torch():
+    expected = (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+    assert fastpath.bf16_native("cpu") is bool(expected)
+    assert fastpath.bf16_native("meta") is False
+
+
+def test_engine_autocast_resolves_auto(native):
+    ctx = autocast(torch.device("cpu"), "auto")
+    if native:
+        assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    else:
+        assert isinstance(ctx, contextlib.nullcontext)
+    assert isinstance(autocast(torch.device("cpu"), "fp32"), contextlib.nullcontext)
+    with pytest.raises(ValueError, match="precision 'half'"):
+        autocast(torch.device("cpu"), "half")
+
+
+@pytest.mark.parametrize("value", ["auto", "fp32", "bf16"])
+def test_config_precision_accepts_auto(value):
+    assert params_from_dict({"train": {"precision": value}}).train.precision == value
+
+
+@pytest.mark.parametrize("value", [True, False, "auto"])
+def test_config_channels_last_accepts_auto(value):
+    assert params_from_dict({"train": {"channels_last": value}}).train.channels_last == value
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"train": {"precision": "fp16"}}, r"train\.precision: 'fp16' is not one of 'auto', 'fp32', 'bf16'"),
+    ({"train": {"channels_last": "yes"}},
+     r"train\.channels_last: expected true or false, got 'yes', or 'yes' is not one of 'auto'"),
+    ({"train": {"channels_last": 1}}, r"train\.channels_last: expected true or false, got 1"),
+])
+def test_config_rejects_other_values(data, match):
+    with pytest.raises(ConfigError, match=match):
+        params_from_dict(data)
+
+
+def test_project_params_use_the_fast_paths_by_default():
+    train_params = load_params("params.yaml").train
+    assert (train_params.precision, train_params.channels_last) == ("auto", "auto")
+    assert params_from_dict({}).train.precision == "auto"  # the dataclass default agrees with params.yaml
+
+
+class Tiny(nn.Module):
+    def __init__(self, k=2):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.fine = nn.Conv2d(4, k, 1)
+        self.coarse = nn.Conv2d(4, k, 1)
+
+    def forward(self, x):
+        f = self.body(x)
+        return Heatmaps(fine=self.fine(f), coarse=self.coarse(nn.functional.avg_pool2d(f, 2)))
+
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self, n=4, hw=(16, 16), k=2):
+        g = torch.Generator().manual_seed(1)
+        self.images = torch.randint(0, 256, (n, 1, *hw), generator=g, dtype=torch.uint8)
+        self.points = torch.rand(n, k, 2, generator=g) * (hw[1] - 1)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.points[i], i
+
+
+def test_train_reports_the_resolved_fast_path(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    opts = TrainOptions(epochs=1, sigma_px=2.0, batch_size=2, precision="auto", channels_last="auto")
+    result = train(model, Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="a", progress=False)
+    expected = resolve("auto", "auto", "cpu")
+    assert result.fast_path == expected.describe()
+    assert model.body[0].weight.is_contiguous(memory_format=expected.memory_format)
+
+
+def test_train_step_leaves_the_weights_alone_when_the_loss_is_not_finite():
+    torch.manual_seed(0)
+    model = Tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer("adam", model.parameters(), 1e-2)
+    images, points, _ = Data()[0]
+    points = torch.full_like(points, float("nan"))  # NaN targets: a NaN loss
+    loss, _ = train_step(model, images[None], points[None], optimizer, ExponentialWeightedCenterLoss(40), 2.0,
+                         FastPath("fp32", False))
+    assert np.isnan(loss)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+
+
+# ---- the fast paths against fp32 on a real radiograph ----------------------------------------------------------
+
+INPUT_HW = (128, 96)  # tiny, so training a DenseNet-121 FARNet for a few steps takes seconds
+FAST_PATHS = [FastPath("bf16", False), FastPath("fp32", True), FastPath("bf16", True)]
+
+
+@pytest.fixture(scope="module")
+def trained_on_001(mirror_root, tmp_path_factory):
+    """FARNet (DenseNet-121, random init) fitted for 20 Adam steps to ISBI image 001 at 128×96, with its batch
+    norm statistics then set to that image's, so its heatmaps have real peaks in eval mode."""
+    from farnet.config import LossParams, ModelParams
+    from farnet.data.cache import build_cache, load_cache
+    from farnet.data.isbi import read_isbi2015
+    from farnet.dataset import normalize
+    from farnet.losses import build_loss
+    from farnet.model import build_model
+
+    root = mirror_root / "isbi2015"
+    if not (root / "MANIFEST.json").is_file():
+        pytest.skip(f"no isbi2015 under the mirror {mirror_root}")
+    cache = load_cache(build_cache(read_isbi2015(root, "train", ids=["001"]), tmp_path_factory.mktemp("cache"),
+                                   INPUT_HW, progress=False))
+    images = torch.from_numpy(np.array(cache.images)).unsqueeze(1)  # (1, 1, H, W) uint8
+    points = torch.from_numpy(np.array(cache.landmarks))  # (1, 19, 2)
+    torch.manual_seed(0)
+    model = build_model(ModelParams(), num_landmarks=points.shape[1])
+    fast = resolve("auto", "auto", "cpu")  # the quickest way to train here; the comparison below is in eval mode
+    model.to(memory_format=fast.memory_format).train()
+    optimizer = build_optimizer("adam", model.parameters(), 1e-3)
+    loss_fn = build_loss(LossParams())
+    for _ in range(20):
+        train_step(model, images, points, optimizer, loss_fn, 2.0, fast)
+    for module in model.modules():  # running statistics := this image's (a few steps leave them half-updated)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 1.0
+    with torch.no_grad():
+        model(normalize(images).contiguous(memory_format=fast.memory_format))
+    return model.eval(), cache
+
+
+def _heatmaps(model, images_u8, fast: FastPath) -> torch.Tensor:
+    from farnet.dataset import normalize
+    from farnet.model import final_heatmaps
+
+    model.to(memory_format=fast.memory_format)
+    x = normalize(torch.from_numpy(np.array(images_u8)).unsqueeze(1)).contiguous(memory_format=fast.memory_format)
+    with torch.no_grad(), autocast(torch.device("cpu"), fast.precision):
+        return final_heatmaps(model(x), INPUT_HW).float()  # (1, K, H, W)
+
+
+@pytest.mark.mirror
+@pytest.mark.parametrize("fast", FAST_PATHS, ids=lambda f: f.describe())
+def test_fast_path_predicts_the_same_landmarks_as_fp32(trained_on_001, fast):
+    """Tolerance: every landmark within 1 px of fp32's in x and in y (Chebyshev distance ≤ 1 px at the input
+    resolution, 128×96), and the heatmaps within 5 % of the fp32 heatmaps' maximum (max-abs difference) for
+    bf16 autocast, 1e-4 of it for fp32 channels_last (a different summation order only). At least 95 % of
+    landmarks must meet the 1 px bound; a trained model has 19 clear peaks, so in practice all do.
+    """
+    from farnet.evaluate import predict_landmarks
+
+    model, cache = trained_on_001
+    reference = predict_landmarks(model, cache.images, device="cpu", precision="fp32", channels_last=False,
+                                  decoders=("argmax",), progress=False)["argmax"]  # (1, K, 2)
+    error_px = np.linalg.norm(reference - cache.landmarks, axis=-1)
+    assert np.mean(error_px <= 5) >= 0.8, f"the fixture did not learn the landmarks: errors {error_px.round(1)}"
+
+    predicted = predict_landmarks(model, cache.images, device="cpu", precision=fast.precision,
+                                  channels_last=fast.channels_last, decoders=("argmax",), progress=False)["argmax"]
+    offset_px = np.abs(predicted - reference).max(axis=-1)  # (1, K) Chebyshev distance
+    assert np.mean(offset_px <= 1) >= 0.95, f"{fast.describe()}: landmark offsets from fp32 {offset_px}"
+
+    ref_maps = _heatmaps(model, cache.images, FastPath("fp32", False))
+    maps = _heatmaps(model, cache.images, fast)
+    scale = float(ref_maps.abs().max())
+    tolerance = 0.05 if fast.precision == "bf16" else 1e-4
+    assert float((maps - ref_maps).abs().max()) <= tolerance * scale
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.mirror
+@needs_cuda
+@pytest.mark.parametrize("way", ["compile", "cuda_graphs"])
+def test_compiled_and_graphed_inference_predict_the_same_landmarks_as_fp32(trained_on_001, way):
+    """torch.compile and CUDA graphs (on what "auto" picks on this GPU) against fp32 on the CPU: every landmark
+    within 1 px of fp32's in x and in y at the input resolution (cuDNN's TF32/bf16 arithmetic included)."""
+    import copy
+
+    from farnet.bench.compiled import graphed_inference
+    from farnet.evaluate import predict_landmarks
+
+    model, cache = trained_on_001
+    reference = predict_landmarks(model, cache.images, device="cpu", decoders=("argmax",), progress=False)["argmax"]
+    fast = resolve("auto", "auto", "cuda")
+    gpu_model = copy.deepcopy(model).to("cuda", memory_format=fast.memory_format).eval()
+    if way == "compile":
+        predicted = predict_landmarks(torch.compile(gpu_model), cache.images, device="cuda", precision=fast.precision,
+                                      channels_last=fast.channels_last, decoders=("argmax",), progress=False)["argmax"]
+    else:
+        spec = {"device": "cuda", "size_hw": list(INPUT_HW), "num_landmarks": cache.landmarks.shape[1]}
+        images = torch.from_numpy(np.array(cache.images)).unsqueeze(1)
+        predicted = graphed_inference(gpu_model, fast, spec, 1, images=images)().numpy()
+    offset_px = np.abs(predicted - reference).max(axis=-1)
+    assert np.mean(offset_px <= 1) >= 0.95, f"{way}: landmark offsets from fp32 {offset_px}"

@@ -1,0 +1,210 @@
+"""SIGINT/SIGTERM during training: a resumable checkpoint mid-epoch, and a resumed run equals an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from farnet.engine import TrainOptions, train
+from farnet.errors import TrainingInterrupted
+from farnet.interrupt import StopOnSignal, stop_requested
+from farnet.losses import ExponentialWeightedCenterLoss
+from farnet.model import Heatmaps
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is far faster than two fighting over a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# ---- the context manager ---------------------------------------------------------------------------------------
+
+
+def test_handlers_set_a_flag_and_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="second signal SIGINT"):
+        with StopOnSignal() as stop:
+            assert signal.getsignal(signal.SIGTERM) is not before
+            assert not stop.requested and not stop_requested()
+            signal.raise_signal(signal.SIGTERM)  # would end the process without the handler
+            assert stop.requested and stop_requested()
+            signal.raise_signal(signal.SIGINT)  # a second signal: stop now
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not stop_requested()
+
+
+def test_a_signal_never_acted_on_is_delivered_on_exit():
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler, restored on exit, sees it
+            with StopOnSignal():
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+# ---- in-process: interrupt at chosen steps, resume, compare ----------------------------------------------------
+
+class Tiny(torch.nn.Module):
+    def __init__(self, k=2):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+        self.fine = torch.nn.Conv2d(4, k, 1)
+        self.coarse = torch.nn.Conv2d(4, k, 1)
+
+    def forward(self, x):
+        f = self.body(x)
+        return Heatmaps(fine=self.fine(f), coarse=self.coarse(torch.nn.functional.avg_pool2d(f, 2)))
+
+
+class Data(torch.utils.data.Dataset):
+    """Seven items (batch 2: four steps per epoch, the last one short); optionally raises a signal while the
+    first item of step ``at[1]`` (1-based) of epoch ``at[0]`` (0-based) is fetched."""
+
+    def __init__(self, at=None, signum=signal.SIGINT):
+        g = torch.Generator().manual_seed(1)
+        self.images = torch.randint(0, 256, (7, 1, 16, 16), generator=g, dtype=torch.uint8)
+        self.points = torch.rand(7, 2, 2, generator=g) * 15
+        self.at, self.signum, self.epoch, self.fetches = at, signum, None, 0
+
+    def set_epoch(self, epoch):  # the engine calls it before each epoch
+        self.epoch, self.fetches = epoch, 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        self.fetches += 1
+        if self.at is not None and (self.epoch, self.fetches) == (self.at[0], 2 * self.at[1] - 1):
+            signal.raise_signal(self.signum)
+        return self.images[i], self.points[i], i
+
+
+OPTS = TrainOptions(epochs=3, sigma_px=2.0, lr=1e-2, lr_milestones=(2,), batch_size=2, seed=7)
+
+
+def run(out, data, seed=0):
+    torch.manual_seed(seed)
+    model = Tiny()
+    result = train(model, data, ExponentialWeightedCenterLoss(40), OPTS, out, fingerprint="f", progress=False)
+    return model, result
+
+
+@pytest.mark.parametrize("epoch, step", [(0, 1), (0, 4), (1, 3), (2, 4)])
+def test_interrupted_at_any_step_resumes_to_the_same_weights(tmp_path, epoch, step):
+    full, full_result = run(tmp_path / "full", Data())
+    with pytest.raises(TrainingInterrupted, match=rf"SIGINT received: stopped after step {step} of epoch "
+                                                  rf"{epoch + 1}; resumable checkpoint .*checkpoint\.pt"):
+        run(tmp_path / "cut", Data(at=(epoch, step)))
+    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"]) == (epoch, step)
+    assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["step_in_epoch"] == step
+    assert not list((tmp_path / "cut").glob("*.tmp"))
+    resumed, result = run(tmp_path / "cut", Data(), seed=123)  # other initial weights: all from the checkpoint
+    assert result.resumed_from == epoch
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert result.history == full_result.history  # the interrupted epoch's mean loss counts every step once
+
+
+# ---- a real process killed with SIGTERM -----------------------------------------------------------------------
+
+SCRIPT = textwrap.dedent('''
+    import json, sys, time
+    from pathlib import Path
+
+    import torch
+
+    torch.set_num_threads(1)
+    from farnet.engine import TrainOptions, train
+    from farnet.errors import TrainingInterrupted
+    from farnet.losses import ExponentialWeightedCenterLoss
+    from farnet.model import Heatmaps
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, k=2):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                            torch.nn.ReLU())
+            self.fine = torch.nn.Conv2d(4, k, 1)
+            self.coarse = torch.nn.Conv2d(4, k, 1)
+
+        def forward(self, x):
+            f = self.body(x)
+            return Heatmaps(fine=self.fine(f), coarse=self.coarse(torch.nn.functional.avg_pool2d(f, 2)))
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self, delay_s):
+            g = torch.Generator().manual_seed(1)
+            self.images = torch.randint(0, 256, (24, 1, 16, 16), generator=g, dtype=torch.uint8)
+            self.points = torch.rand(24, 2, 2, generator=g) * 15
+            self.delay_s = delay_s
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            time.sleep(self.delay_s)  # slow steps, so the signal lands mid-epoch
+            return self.images[i], self.points[i], i
+
+    out, weights, delay_s = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+    torch.manual_seed(0)
+    model = Tiny()
+    options = TrainOptions(epochs=4, sigma_px=2.0, lr=1e-2, lr_milestones=(2,), batch_size=2, seed=7)
+    try:
+        result = train(model, Data(delay_s), ExponentialWeightedCenterLoss(40), options, out, fingerprint="f",
+                       progress=False)
+    except TrainingInterrupted as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(exc.exit_code)
+    torch.save(model.state_dict(), weights)
+    print(json.dumps({"resumed_from": result.resumed_from, "history": result.history}))
+''')
+
+
+def test_sigterm_kills_a_real_training_process_and_a_new_process_resumes(tmp_path):
+    script = tmp_path / "train_tiny.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(name, delay_s):
+        return subprocess.Popen([sys.executable, str(script), str(tmp_path / name), str(tmp_path / f"{name}.pt"),
+                                 str(delay_s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    full = start("full", 0.0)  # the uninterrupted reference, alongside
+    victim = start("cut", 0.01)  # 12 steps of >= 20 ms per epoch
+    side = tmp_path / "cut" / "checkpoint.json"
+    deadline = time.monotonic() + 40
+    while not (side.is_file() and json.loads(side.read_text() or "{}").get("epoch", 0) >= 1):
+        assert victim.poll() is None, victim.communicate()
+        assert time.monotonic() < deadline, "no checkpoint after 40 s"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)  # mid-run: epoch 1 saved, epoch 2 in progress
+    _, err = victim.communicate(timeout=30)
+    assert victim.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM received: stopped after step" in err
+    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert 1 <= state["epoch"] < 4 and 1 <= state["step_in_epoch"] <= 12
+    assert not (tmp_path / "cut.pt").exists()
+
+    resumed = start("cut", 0.0)  # a new process, the same command
+    out, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    assert json.loads(out)["resumed_from"] == state["epoch"]
+    out_full, err_full = full.communicate(timeout=60)
+    assert full.returncode == 0, err_full
+    assert json.loads(out)["history"] == json.loads(out_full)["history"]
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut.pt", weights_only=True)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
