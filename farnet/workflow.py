@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from farnet import provenance
+from farnet import distributed, provenance
 from farnet.checkpoint import load_checkpoint, save_atomic
 from farnet.config import ModelParams, Params, effective_dict, section_from_dict
 from farnet.data.cache import build_cache
@@ -118,7 +118,21 @@ def fingerprint(params: Params, view: SplitView) -> str:
 def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Path | None = None,
               *, progress: bool = True) -> dict:
     """Train one run: ``model_dir/model.pt`` (selected weights + metadata), ``model_dir/train_info.json`` and
-    the resumable state in ``model_dir/state/``."""
+    the resumable state in ``model_dir/state/``.
+
+    Under ``torchrun`` every process trains a share of each epoch (DDP, :mod:`farnet.distributed`); rank 0
+    alone writes the log, the checkpoints and the model.
+    """
+    rank, world_size, device = distributed.init_from_env()
+    try:
+        return _train_run(params, prepared_root, model_dir, log_dir, progress=progress, rank=rank,
+                          world_size=world_size, device=device)
+    finally:
+        distributed.cleanup()
+
+
+def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Path | None, *, progress: bool,
+               rank: int, world_size: int, device: torch.device) -> dict:
     spec = get_dataset(params.data.dataset)
     prepared = prepared_root / params.data.dataset
     view = load_split(prepared, spec.train_split(params.data.fold), params.input_hw, params.data.train_limit)
@@ -126,7 +140,6 @@ def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pat
     num_landmarks = view.landmarks.shape[1]
     torch.manual_seed(params.seed)
     model = build_model(params.model, num_landmarks)
-    device = default_device()
     t = params.train
     options = TrainOptions(epochs=t.epochs, sigma_px=params.heatmap.sigma_px, batch_size=t.batch_size,
                            optimizer=t.optimizer, lr=t.lr, lr_milestones=t.lr_milestones, lr_gamma=t.lr_gamma,
@@ -145,7 +158,7 @@ def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pat
 
     fp = fingerprint(params, view)
     state_dir = model_dir / "state"
-    live = _live(log_dir, resume=resumable_epoch(state_dir, fp) > 0) if log_dir is not None else None
+    live = _live(log_dir, resume=resumable_epoch(state_dir, fp) > 0) if log_dir is not None and rank == 0 else None
     log = None
     if live is not None:
         def log(epoch, record):
@@ -157,7 +170,7 @@ def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pat
     model_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = train(model, dataset, build_loss(params.loss), options, state_dir, fingerprint=fp,
-                   device=device, log=log, validate=validate, progress=progress)
+                   device=device, log=log, validate=validate, progress=progress, rank=rank, world_size=world_size)
     if live is not None:
         live.end()
     selected_epoch = result.epochs
@@ -169,7 +182,7 @@ def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pat
         "steps": result.steps, "train_wall_s": round(result.wall_s, 1),
         "session_wall_s": round(time.perf_counter() - started, 1), "resumed_from_epoch": result.resumed_from,
         "select": params.eval.select, "selected_epoch": selected_epoch, "n_train_images": len(dataset),
-        "device": str(device), "hardware": provenance.hardware_description(),
+        "device": str(device), "world_size": world_size, "hardware": provenance.hardware_description(),
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "data_ids_sha": hashlib.sha256(json.dumps(view.ids).encode()).hexdigest()[:12],
     }
@@ -181,8 +194,9 @@ def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pat
         "git_commit": provenance.git_commit(Path.cwd()), "selected_epoch": selected_epoch,
         "spacing_mm": _default_spacing(view),
     }
-    save_atomic({"model": model.state_dict(), "meta": meta}, model_dir / "model.pt")
-    write_json(model_dir / "train_info.json", info)
+    if rank == 0:
+        save_atomic({"model": model.state_dict(), "meta": meta}, model_dir / "model.pt")
+        write_json(model_dir / "train_info.json", info)
     return info
 
 

@@ -12,9 +12,9 @@ from farnet.workflow import train_run
 
 
 def main(argv=None) -> int:
-    params, args = parse(__doc__, argv, run=True, prepared="data/prepared", models="models", logs="results/train")
+    params, args = parse(__doc__, argv, run=True, prepared="data/prepared", models="models", train_logs="results/train")
     try:
-        info = train_run(params, Path(args.prepared), Path(args.models) / args.run, Path(args.logs) / args.run)
+        info = train_run(params, Path(args.prepared), Path(args.models) / args.run, Path(args.train_logs) / args.run)
     except TrainingInterrupted as exc:  # SIGINT/SIGTERM: a resumable checkpoint was saved; re-running resumes
         print(f"train {args.run}: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -84,12 +84,12 @@ def test_stages_end_to_end_on_real_images(mirror_root, tmp_path):
     assert "400 images from mirror" in _run("fetch", "--params", p, "--dataset", "isbi2015", "--raw", raw, env=env)
     assert "'train': 150, 'test1': 150, 'test2': 100" in _run("prepare", "--params", p, "--dataset", "isbi2015",
                                                               "--raw", raw, "--prepared", prepared, env=env)
-    _run("train", "--params", p, "--run", "farnet", "--prepared", prepared, "--models", models,
-         "--logs", results / "train", env=env)
+    _run("train", "farnet", "--params", p, "--prepared", prepared, "--models", models,
+         "--train-logs", results / "train", env=env)
     state = torch.load(models / "farnet" / "model.pt", weights_only=True)
     assert state["meta"]["num_landmarks"] == 19 and state["meta"]["input_hw"] == [64, 64]
     assert len(state["meta"]["landmark_names"]) == 19 and state["meta"]["params"]["profile"] == "tiny"
-    out = _run("evaluate", "--params", p, "--run", "farnet", "--prepared", prepared, "--models", models,
+    out = _run("evaluate", "farnet", "--params", p, "--prepared", prepared, "--models", models,
                "--results", results, env=env)
     assert "farnet test1: MRE" in out and "farnet test2: MRE" in out
     metrics = json.loads((results / "metrics/farnet.json").read_text())

@@ -25,10 +25,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from farnet.data.fetch import MIRROR_ENV, copy_verified, sha256_file
 from farnet.data.sample import Sample
+from farnet.data.imageio import read_image_size
 from farnet.errors import DataError
 from farnet.fileio import write_json
 
@@ -222,15 +222,6 @@ def hand_counts(root: str | Path, fold: int | None = None, split: str | None = N
     }
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the image header, without decoding the pixels."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(path, f"cannot read image header ({type(err).__name__}: {err})") from err
-
-
 def _load_image_info(root: Path) -> dict[str, dict]:
     """``images.json`` (the mirror's sizes and hashes) or {} when the folder has none."""
     path = root / IMAGE_INFO_FILE
@@ -280,7 +271,7 @@ def read_hand(root: str | Path, fold: int, split: str) -> list[Sample]:
         path = find_hand_image(root, image_id)
         if path is None:
             continue
-        size = _image_size(path)
+        size = read_image_size(path)
         listed = info.get(image_id)
         if listed is not None and (listed.get("width"), listed.get("height")) != size:
             raise DataError(path, f"image is {size[0]}x{size[1]} but {IMAGE_INFO_FILE} says "

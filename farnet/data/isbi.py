@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 
 from farnet.data.sample import Sample
+from farnet.data.imageio import read_image_size
 from farnet.errors import DataError
 
 __all__ = [
@@ -141,17 +141,6 @@ def _check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the image header, without decoding the pixels."""
-    if not path.is_file():
-        raise DataError(path, "image file not found")
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception as err:  # Pillow raises many types on corrupt headers (and DecompressionBombError)
-        raise DataError(path, f"cannot read image header ({type(err).__name__}: {err})") from err
-
-
 def _load_manifest(path: Path) -> dict[str, dict]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -165,7 +154,7 @@ def _image_geometry(root: Path, image_id: str, split: IsbiSplit, manifest: dict[
     """(image path, original (W, H), stored (W, H), scale (x, y)) of one image in either layout."""
     if manifest is None:  # original layout: full-size BMPs
         path = root / "RawImage" / split.folder / f"{image_id}.bmp"
-        size = _image_size(path)
+        size = read_image_size(path)
         if size != ORIGINAL_WH:
             raise DataError(path, f"original-layout image is {size[0]}x{size[1]}, expected "
                                   f"{ORIGINAL_WH[0]}x{ORIGINAL_WH[1]} (or give a MANIFEST.json with its scale)")
@@ -185,7 +174,7 @@ def _image_geometry(root: Path, image_id: str, split: IsbiSplit, manifest: dict[
         raise DataError(manifest_path, f"bad entry for image {image_id}: path {str(rel)!r}, sizes "
                                        f"{original}/{stored}, scale {scale}")
     path = root / rel
-    size = _image_size(path)
+    size = read_image_size(path)
     if size != stored:
         raise DataError(path, f"image is {size[0]}x{size[1]} but the manifest says {stored[0]}x{stored[1]}")
     return path, original, stored, scale

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
-from PIL import Image
 
 from farnet.data.fetch import MIRROR_ENV, copy_verified, sha256_file
 from farnet.data.sample import Sample
+from farnet.data.imageio import read_image_size
 from farnet.errors import DataError
 from farnet.fileio import write_json
 
@@ -193,16 +193,6 @@ def read_angles(root: str | Path, split_dir: str) -> dict[str, np.ndarray]:
     return _read_rows(Path(root) / "labels" / split_dir / "angles.csv", names, 3, "angle table")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    if not path.is_file():
-        raise DataError(path, "image file not found")
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(path, f"cannot read image header ({type(err).__name__}: {err})") from err
-
-
 def read_spine(root: str | Path, split_dir: str, *, ids: Iterable[str] | None = None) -> list[Sample]:
     """Read every labelled image of one split folder.
 
@@ -229,7 +219,7 @@ def read_spine(root: str | Path, split_dir: str, *, ids: Iterable[str] | None = 
     samples = []
     for name in names:
         image_path = root / "data" / split_dir / name
-        size = _image_size(image_path)
+        size = read_image_size(image_path)
         landmarks = read_spine_mat(root / "labels" / split_dir / f"{name}.mat", size)
         samples.append(Sample(image_id=_image_id(name), image_path=image_path, landmarks_px=landmarks,
                               original_wh=size, stored_wh=size, spacing_mm=None, scale_xy=(1.0, 1.0)))
