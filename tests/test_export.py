@@ -19,13 +19,6 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: t
 INPUT_HW = (32, 48)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is far faster than two fighting over a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SmallNet(nn.Module):

@@ -18,13 +18,6 @@ from farnet.losses import ExponentialWeightedCenterLoss
 from farnet.model import Heatmaps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is far faster than two fighting over a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # ---- the context manager ---------------------------------------------------------------------------------------
 

@@ -23,13 +23,6 @@ INPUT_HW = (48, 64)  # (H_in, W_in)
 ORIGINAL_WH = (150, 110)  # (W, H): both axes scaled by a different, non-integer factor
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is far faster than two fighting over a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------

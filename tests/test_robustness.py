@@ -22,12 +22,6 @@ from farnet.losses import ExponentialWeightedCenterLoss
 from test_predict import TinyNet, dicom_bytes, write_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def no_temporaries(folder):
