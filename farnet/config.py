@@ -192,7 +192,7 @@ def _check_values(p: Params) -> None:
     for name, dataset in p.datasets.items():
         if not all(v > 0 and v % 32 == 0 for v in dataset.input_hw):
             raise ConfigError(f"datasets.{name}.input_hw: {dataset.input_hw!r} both sizes must be positive multiples of 32")
-    if p.data.dataset not in p.datasets:
+    if p.run is not None and p.data.dataset not in p.datasets:  # a run must train on a configured dataset
         raise ConfigError(f"data.dataset: {p.data.dataset!r} has no entry under datasets (have: {sorted(p.datasets)})")
     checks = [
         ("data.input_hw", p.data.input_hw is None or all(v > 0 and v % 32 == 0 for v in p.data.input_hw),

@@ -15,13 +15,10 @@ fast path are checked against fp32 by ``tests/test_fastpath.py`` and timed by ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
-Precision = Literal["auto", "fp32", "bf16"]
-ChannelsLast = bool | Literal["auto"]
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def test_quick_report_schema(quick_report):
     assert doc["reference"]["authors_cpu_train_step_s"] == report.AUTHORS_CPU_TRAIN_STEP_S == 8.0
     assert doc["reference"]["authors_cpu_inference_s"] == [1.5, 1.9]
     assert doc["peak"]["estimate"] is True and "ESTIMATE" in doc["peak"]["source"]
-    assert doc["data"] is None
+    assert doc["data"] is None and doc["complete"] is True
     table = out.with_suffix(".md").read_text()
     for name in EAGER:
         assert f"| {name} " in table

@@ -62,15 +62,14 @@ def run(args: argparse.Namespace) -> int:
     if warmup < 0 or repeats < 1 or any(b < 1 for b in batches):
         raise ConfigError("--warmup must be >= 0, --repeats and --batches >= 1")
     paths = select_paths(bench_paths(device), args.paths, quick=args.quick)
+    out = args.out or Path("results/benchmarks") / f"{device_slug(device)}.json"
     report = run_benchmark(device=device, size_hw=size_hw, batches=sorted(set(batches)), warmup=warmup,
                            repeats=repeats, backbone=args.backbone, num_landmarks=args.num_landmarks, paths=paths,
                            cache=args.cache, data_steps=args.data_steps, num_workers=args.num_workers,
                            compile_timeout_s=args.compile_timeout, peak_tflops=args.peak_tflops, quick=args.quick,
-                           log=lambda message: print(message, flush=True))
-    out = args.out or Path("results/benchmarks") / f"{report['device']}.json"
-    table = markdown_table(report)
-    write_report(report, table, out)
-    print(table)
+                           log=lambda message: print(message, flush=True),
+                           save=lambda partial: write_report(partial, markdown_table(partial), out))
+    print(markdown_table(report))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
@@ -93,8 +92,10 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
                   backbone: str = "densenet121", num_landmarks: int = 19, paths: list[BenchPath | str] | None = None,
                   cache: Path | None = None, data_steps: int = 30, num_workers: int = 0,
                   compile_timeout_s: float = 1200.0, peak_tflops: float | None = None, quick: bool = False,
-                  log: Callable[[str], None] = lambda message: None) -> dict:
-    """Time every path and return the report (the JSON document ``farnet bench`` writes)."""
+                  log: Callable[[str], None] = lambda message: None,
+                  save: Callable[[dict], None] = lambda report: None) -> dict:
+    """Time every path and return the report (the JSON document ``farnet bench`` writes); ``save`` is called
+    with the report so far after each path and at the end."""
     tune_backends(device)
     paths = bench_paths(device) if paths is None else paths
     spec = {"device": str(device), "size_hw": list(size_hw), "batches": list(batches), "warmup": warmup,
@@ -107,18 +108,7 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
     flops = count_flops(spec, auto)
     log(f"FLOPs per image: forward {flops['forward_per_image'] / 1e9:.1f} G, "
         f"training step {flops['train_step_per_image'] / 1e9:.1f} G")
-    results = {}
-    for path in paths:
-        if isinstance(path, str):
-            results[path] = {"status": "skipped", "reason": "--quick: torch.compile takes minutes"}
-            continue
-        log(f"-- {path.name}")
-        if path.compile:
-            entry = run_compiled(path, spec, compile_timeout_s, log)
-        else:
-            entry = measure_path(path, spec, log)
-        results[path.name] = entry
-    add_ratios(results, flops, peak, device, size_hw)
+    results: dict[str, dict] = {}
     report = {
         "schema": SCHEMA_VERSION,
         "device": device_slug(device),
@@ -144,8 +134,24 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
                       "note": "ratios to the authors' figures are given on CPU only: those figures were measured on "
                               "the project's 2-core CPU and mean something only there"},
         "paths": results,
-        "data": measure_data(cache, device, num_workers, data_steps, log) if cache is not None else None,
+        "data": None,
+        "complete": False,  # True once every path has run: a report saved on the way says so
     }
+    for path in paths:
+        if isinstance(path, str):
+            results[path] = {"status": "skipped", "reason": "--quick: torch.compile takes minutes"}
+            continue
+        log(f"-- {path.name}")
+        if path.compile:
+            results[path.name] = run_compiled(path, spec, compile_timeout_s, log)
+        else:
+            results[path.name] = measure_path(path, spec, log)
+        add_ratios(results, flops, peak, device, size_hw)
+        save(report)  # a long CPU run that is killed keeps the paths it finished
+    if cache is not None:
+        report["data"] = measure_data(cache, device, num_workers, data_steps, log)
+    report["complete"] = True
+    save(report)
     return report
 
 

@@ -202,7 +202,8 @@ def markdown_table(report: dict) -> str:
         f"# farnet bench — {report['device_name']}",
         "",
         f"{report['hardware']}; {report['date']}; commit {report['git_commit']}"
-        + ("; **--quick smoke run: not a benchmark**" if report.get("quick") else ""),
+        + ("; **--quick smoke run: not a benchmark**" if report.get("quick") else "")
+        + ("; **incomplete: the run stopped before every path was timed**" if not report.get("complete") else ""),
         "",
         (f"{s['backbone']} FARNet, {s['num_landmarks']} landmarks, {s['size_hw'][0]}×{s['size_hw'][1]}; median of "
          f"{s['repeats']} timed runs after {s['warmup']} warm-up; batches {s['batches']}; {s['threads']} threads. "
