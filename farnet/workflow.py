@@ -35,6 +35,7 @@ from farnet.datasets import get_dataset
 from farnet.engine import TrainOptions, resumable_epoch, train
 from farnet.errors import DataError
 from farnet.evaluate import evaluate_split, predict_landmarks
+from farnet.fastpath import resolve_channels_last, resolve_precision
 from farnet.fileio import write_csv, write_json
 from farnet.losses import build_loss
 from farnet.model import build_model
@@ -218,14 +219,16 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
     model = build_model(model_params_from_meta(meta), meta["num_landmarks"])
     model.load_state_dict(state["model"])
     device = default_device()
+    precision = resolve_precision(params.train.precision, device)  # "auto" decided once, here
+    channels_last = resolve_channels_last(params.train.channels_last, device, precision)
     prepared = prepared_root / params.data.dataset
     info = read_dataset_info(prepared)
     metrics, per_lm, preds = {}, [], []
     for split in spec.eval_splits(params.data.fold):
         view = load_split(prepared, split, tuple(meta["input_hw"]))
         pred = predict_landmarks(model, view.images, batch_size=params.eval.batch_size, device=device,
-                                 precision=params.train.precision, channels_last=params.train.channels_last,
-                                 progress=progress, desc=f"evaluate {split}")
+                                 precision=precision, channels_last=channels_last, progress=progress,
+                                 desc=f"evaluate {split}")
         summaries, table, rows = evaluate_split(pred, view, params.eval.sdr_radii_mm, spec.unit,
                                                 angles=info["extras"].get("cobb_angles_deg"))
         metrics[split] = summaries["argmax"]
