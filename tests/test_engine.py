@@ -5,34 +5,14 @@ from torch import nn
 from farnet.engine import TrainOptions, build_optimizer, lr_at, resumable_epoch, train
 from farnet.errors import TrainingDiverged
 from farnet.losses import ExponentialWeightedCenterLoss
-from farnet.model import Heatmaps
+from helpers import RandomLandmarks, TinyNet
 
 
-class Tiny(nn.Module):
-    """A two-head network small enough to train in milliseconds."""
-
-    def __init__(self, k=2):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.fine = nn.Conv2d(4, k, 1)
-        self.coarse = nn.Conv2d(4, k, 1)
-
-    def forward(self, x):
-        f = self.body(x)
-        return Heatmaps(fine=self.fine(f), coarse=self.coarse(nn.functional.avg_pool2d(f, 2)))
+def Tiny():
+    return TinyNet(batch_norm=True)
 
 
-class Data(torch.utils.data.Dataset):
-    def __init__(self, n=5, hw=(16, 16), k=2):
-        g = torch.Generator().manual_seed(1)
-        self.images = torch.randint(0, 256, (n, 1, *hw), generator=g, dtype=torch.uint8)
-        self.points = torch.rand(n, k, 2, generator=g) * (hw[1] - 1)
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i], self.points[i], i
+Data = RandomLandmarks
 
 
 def make(seed=0):

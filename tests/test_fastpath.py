@@ -15,7 +15,7 @@ from farnet.engine import TrainOptions, autocast, build_optimizer, train, train_
 from farnet.errors import ConfigError
 from farnet.fastpath import FastPath, resolve, resolve_channels_last, resolve_precision
 from farnet.losses import ExponentialWeightedCenterLoss
-from farnet.model import Heatmaps
+from helpers import RandomLandmarks, TinyNet
 
 
 @pytest.fixture(params=[True, False], ids=["bf16-hardware", "no-bf16"])
@@ -94,29 +94,12 @@ def test_project_params_use_the_fast_paths_by_default():
     assert params_from_dict({}).train.precision == "auto"  # the dataclass default agrees with params.yaml
 
 
-class Tiny(nn.Module):
-    def __init__(self, k=2):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-        self.fine = nn.Conv2d(4, k, 1)
-        self.coarse = nn.Conv2d(4, k, 1)
-
-    def forward(self, x):
-        f = self.body(x)
-        return Heatmaps(fine=self.fine(f), coarse=self.coarse(nn.functional.avg_pool2d(f, 2)))
+def Tiny():
+    return TinyNet(batch_norm=False)
 
 
-class Data(torch.utils.data.Dataset):
-    def __init__(self, n=4, hw=(16, 16), k=2):
-        g = torch.Generator().manual_seed(1)
-        self.images = torch.randint(0, 256, (n, 1, *hw), generator=g, dtype=torch.uint8)
-        self.points = torch.rand(n, k, 2, generator=g) * (hw[1] - 1)
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i], self.points[i], i
+def Data():
+    return RandomLandmarks(n=4)
 
 
 def test_train_reports_the_resolved_fast_path(tmp_path):
