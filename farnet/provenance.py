@@ -152,7 +152,7 @@ def provenance_header(run_info: Mapping[str, Any]) -> str:
         f"- Training: {get('epochs')} epochs, {get('steps')} steps; optimiser {get('optimizer')}; "
         f"loss {get('loss')} (α = {get('alpha')}); model selection: {get('select')}",
         f"- Input size: {input_size}",
-        f"- Hardware: {get('hardware')}",
+        f"- Hardware: {get('hardware')}; numerics {run_info.get('fast_path') or get('precision')}",
         f"- Train wall time: {_format_seconds(run_info.get('train_wall_s'))}",
         f"- Git commit: {get('git_commit')}",
         f"- Params hash: {get('params_hash')}",

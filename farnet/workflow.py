@@ -186,6 +186,7 @@ def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pa
         "device": str(device), "world_size": world_size, "hardware": provenance.hardware_description(),
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "data_ids_sha": hashlib.sha256(json.dumps(view.ids).encode()).hexdigest()[:12],
+        "fast_path": result.fast_path,  # what "auto" resolved to on this device
     }
     meta = {
         "dataset": params.data.dataset, "num_landmarks": num_landmarks, "landmark_names": list(view.landmark_names),
@@ -280,6 +281,7 @@ def run_info(trained: dict, info: dict, dataset_info: dict) -> dict:
         "input_hw": data["input_hw"] or trained["datasets"][dataset]["input_hw"],
         "sigma_px": trained["heatmap"]["sigma_px"], "loss": trained["loss"]["name"], "alpha": trained["loss"]["alpha"],
         "optimizer": train_p["optimizer"], "lr": train_p["lr"], "precision": train_p["precision"],
+        "fast_path": info.get("fast_path", ""),
         "seed": trained["seed"], "select": info["select"], "selected_epoch": info["selected_epoch"],
         "hardware": info["hardware"], "device": info["device"], "train_wall_s": info["train_wall_s"],
         "git_commit": provenance.git_commit(Path.cwd()), "params_hash": provenance.params_hash(trained),
