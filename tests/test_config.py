@@ -27,7 +27,7 @@ def test_quick_profile_merges_over_the_base():
     raw["profile"] = "quick"
     p = params_from_dict(raw)
     assert p.input_hw == (320, 256)
-    assert p.train.epochs == 2
+    assert p.train.epochs == 1 and p.train.lr == 1e-3
     assert p.loss.alpha == 40.0  # not overridden: `dvc exp run -S loss.alpha=20` stays effective
     raw["loss"] = {"name": "ewc", "alpha": 20}
     assert params_from_dict(raw).loss.alpha == 20.0
@@ -45,7 +45,7 @@ def test_runs_override_the_base_and_the_profile():
     raw = yaml.safe_load(open("params.yaml"))
     vgg = params_from_dict(raw, run="vgg16")
     assert vgg.run == "vgg16" and vgg.model.backbone == "vgg16" and vgg.train.epochs == 900
-    assert vgg.loss.alpha == 40.0 and vgg.input_hw == (800, 640)
+    assert vgg.loss.alpha == 40.0 and vgg.input_hw == (800, 640) and vgg.train.lr == 1e-4
     hand = params_from_dict(raw, run="hand_fold2")
     assert hand.data.dataset == "hand_dha" and hand.data.fold == 2 and hand.input_hw == (512, 512)
     assert hand.dataset.augment == "payer" and hand.eval.sdr_radii_mm == (2.0, 4.0, 10.0)
