@@ -10,6 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from farnet.allocator import tune_malloc
 from farnet.errors import FarnetError
 
 COMMANDS = {
@@ -20,6 +21,8 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the `farnet` command itself, not a call from Python
+        tune_malloc()  # re-executes once, before torch is imported: see farnet/allocator.py
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="farnet", description="FARNet replication suite")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from farnet import distributed, provenance
+from farnet.allocator import malloc_setting
 from farnet.checkpoint import load_checkpoint, save_atomic
 from farnet.config import ModelParams, Params, effective_dict, section_from_dict
 from farnet.data.cache import build_cache
@@ -187,6 +188,7 @@ def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pa
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "data_ids_sha": hashlib.sha256(json.dumps(view.ids).encode()).hexdigest()[:12],
         "fast_path": result.fast_path,  # what "auto" resolved to on this device
+        "malloc": malloc_setting(),
     }
     meta = {
         "dataset": params.data.dataset, "num_landmarks": num_landmarks, "landmark_names": list(view.landmark_names),

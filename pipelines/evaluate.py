@@ -7,10 +7,12 @@ from pathlib import Path
 
 from _common import parse
 
-from farnet.workflow import evaluate_run
+from farnet.allocator import tune_malloc
 
 
 def main(argv=None) -> int:
+    from farnet.workflow import evaluate_run  # torch: imported after tune_malloc() has run
+
     params, args = parse(__doc__, argv, run=True, prepared="data/prepared", models="models", results="results")
     metrics = evaluate_run(params, Path(args.prepared), Path(args.models) / args.run, Path(args.results))
     for split, m in metrics.items():
@@ -22,4 +24,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    tune_malloc()  # re-executes once, before torch is imported: see farnet/allocator.py
     sys.exit(main())

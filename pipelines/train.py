@@ -7,11 +7,13 @@ from pathlib import Path
 
 from _common import parse
 
+from farnet.allocator import tune_malloc
 from farnet.errors import TrainingInterrupted
-from farnet.workflow import train_run
 
 
 def main(argv=None) -> int:
+    from farnet.workflow import train_run  # torch: imported after tune_malloc() has run
+
     params, args = parse(__doc__, argv, run=True, prepared="data/prepared", models="models", train_logs="results/train")
     try:
         info = train_run(params, Path(args.prepared), Path(args.models) / args.run, Path(args.train_logs) / args.run)
@@ -24,4 +26,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    tune_malloc()  # re-executes once, before torch is imported: see farnet/allocator.py
     sys.exit(main())

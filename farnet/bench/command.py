@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from farnet import provenance
+from farnet.allocator import malloc_setting
 from farnet.bench.compiled import graphed_inference, graphed_train_step, run_compiled
 from farnet.bench.measure import (BenchPath, bench_paths, count_flops, describe, eager_inference, eager_train_step,
                                   make_model, measure_data, memory_kind, path_settings, release, timed)
@@ -118,7 +119,7 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": provenance.git_commit(Path.cwd()),
         "quick": quick,
-        "settings": {**spec, "memory": memory_kind(device),
+        "settings": {**spec, "memory": memory_kind(device), "malloc": malloc_setting(),
                      "timing": "median of the timed runs after the warm-up; device synchronised before each clock "
                                "reading. train = farnet.engine.train_step (Adam, EWC loss, both heads); "
                                "inference = farnet.evaluate.predict_landmarks (argmax decoding), from host uint8 "

@@ -206,7 +206,8 @@ def markdown_table(report: dict) -> str:
         + ("; **incomplete: the run stopped before every path was timed**" if not report.get("complete") else ""),
         "",
         (f"{s['backbone']} FARNet, {s['num_landmarks']} landmarks, {s['size_hw'][0]}×{s['size_hw'][1]}; median of "
-         f"{s['repeats']} timed runs after {s['warmup']} warm-up; batches {s['batches']}; {s['threads']} threads. "
+         f"{s['repeats']} timed runs after {s['warmup']} warm-up; batches {s['batches']}; {s['threads']} threads; "
+         f"malloc: {s.get('malloc', 'not recorded')}. "
          f"FLOPs per image: forward {flops['forward_per_image'] / 1e9:.0f} G, training step "
          f"{flops['train_step_per_image'] / 1e9:.0f} G. 'auto' here = {_auto(report)}."),
         "",
