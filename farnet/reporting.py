@@ -55,15 +55,31 @@ def runs_header(results: Results, runs: Sequence[str]) -> str:
     rows = []
     for run in runs:
         if not results.has(run):
-            rows.append(f"| {run} | not run | | | | |")
+            rows.append(f"| {run} | not run | | | | | |")
             continue
         i = results.info(run)
         hw = i.get("input_hw") or ["?", "?"]
-        rows.append(f"| {run} | {i['profile']} | {hw[0]}×{hw[1]} | {i['epochs']} | {i['steps']} | "
-                    f"{i['train_wall_s']} |")
-    table = "\n".join(["| run | profile | input (H×W) | epochs | steps | train s |", "|---|---|---|---|---|---|",
-                       *rows])
-    return header + "\nRuns in this table (the header above describes the first; rows may differ):\n\n" + table + "\n"
+        rows.append(f"| {run} | {i['profile']} | {hw[0]}×{hw[1]} | {i.get('n_train_images', '?')} | {i['epochs']} | "
+                    f"{i['steps']} | {i['train_wall_s']} |")
+    table = "\n".join(["| run | profile | input (H×W) | train images | epochs | steps | train s |",
+                       "|---|---|---|---|---|---|---|", *rows])
+    return (header + "\nRuns in this table (the header above describes the first; rows may differ):\n\n" + table
+            + "\n" + _settings_warning(results, present))
+
+
+#: what must match for two rows of one table to be compared with each other
+_COMPARABLE_KEYS = ("profile", "input_hw", "epochs", "full_set", "pretrained", "optimizer", "lr", "sigma_px")
+
+
+def _settings_warning(results: Results, runs: Sequence[str]) -> str:
+    """A warning when the runs of one table were trained with different settings (a reduced profile may give
+    one row more images or a larger input than the others)."""
+    differ = [key for key in _COMPARABLE_KEYS
+              if len({json.dumps(results.info(r).get(key)) for r in runs}) > 1]
+    if not differ:
+        return ""
+    return (f"\n**These rows were not trained alike ({', '.join(differ)} differ; see the list above): a difference "
+            "between them is not the effect of the method alone.**\n")
 
 
 def _three_rows(method: str, paper: dict, ours: dict | None, radii: Sequence[str]) -> list[dict]:
