@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from farnet.backbone import Backbone
-from farnet.layers import ConvBNReLU
+from farnet.layers import ConvBNReLU, Float32Conv2d
 from farnet.model import Heatmaps
 
 FINEST_STRIDE = 4  # C2, the finest level of Lin et al.'s pyramid
@@ -30,8 +30,8 @@ class FeaturePyramidNetwork(nn.Module):
         backbone: a :class:`~farnet.backbone.Backbone`.
         num_landmarks: K.
         width: channels of the pyramid (256 in Lin et al. and the paper).
-        head_width: channels of the 3x3 conv of the heatmap head (the paper does not say; 64 as in FARNet's
-            heads, which keeps this full-resolution conv affordable).
+        head_width: channels of the 3x3 conv of the heatmap head (the paper does not say; 64 keeps this
+            full-resolution conv affordable).
 
     Attributes:
         levels: indices into the backbone's levels that form the pyramid, finest first (C2..C5).
@@ -49,9 +49,9 @@ class FeaturePyramidNetwork(nn.Module):
         # Plain convs without BN or ReLU in the pyramid, as in Lin et al. and torchvision's FeaturePyramidNetwork.
         self.lateral = nn.ModuleList(nn.Conv2d(backbone.channels[i], width, 1) for i in self.levels)
         self.smooth = nn.Conv2d(width, width, 3, padding=1)  # only P2 is used, so only P2 is smoothed
-        # deviation: the head's 3x3 conv is conv + BN + ReLU (as every FARNet head): without a non-linearity the
-        # 3x3 and 1x1 convs the paper names would collapse into one linear conv.
-        self.head = nn.Sequential(ConvBNReLU(width, head_width, 3), nn.Conv2d(head_width, num_landmarks, 1))
+        # deviation: the head's 3x3 conv is conv + BN + ReLU (FARNet's `model.head: bn_relu`): the paper names
+        # a 3x3 and a 1x1 conv only, and a plain 256-channel 3x3 at full resolution would cost ~600 GFLOP.
+        self.head = nn.Sequential(ConvBNReLU(width, head_width, 3), Float32Conv2d(head_width, num_landmarks, 1))
 
     def forward(self, image: torch.Tensor) -> Heatmaps:
         """(B, 3, H, W) normalised image -> Heatmaps(fine=(B, K, H, W), coarse=None)."""

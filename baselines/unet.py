@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from farnet.layers import ConvBNReLU
+from farnet.layers import ConvBNReLU, Float32Conv2d
 from farnet.model import Heatmaps
 
 
@@ -60,7 +60,7 @@ class UNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.bottom = DoubleConv(widths[-2], widths[-1])
         self.up = nn.ModuleList(UpStep(widths[i + 1], widths[i], widths[i]) for i in reversed(range(depth)))
-        self.head = nn.Conv2d(widths[0], num_landmarks, 1)  # no BN/ReLU, no output activation
+        self.head = Float32Conv2d(widths[0], num_landmarks, 1)  # no BN/ReLU, no output activation; fp32
         self.channels = widths
 
     def forward(self, image: torch.Tensor) -> Heatmaps:

@@ -60,6 +60,7 @@ class ModelParams:
     fusion: Literal["concat", "add"] = "concat"  # MSFA vs MSFA(+) of Table 2
     refinement: Literal["guided", "naive", "none"] = "guided"  # FR, FR*, no FR
     fr_input_kernel: int = 3  # paper §3.1.2: 3x3; the authors' code: 1x1
+    head: Literal["authors", "bn_relu"] = "authors"  # both heads as the authors' network | conv+BN+ReLU option
     architecture: Literal["farnet", "unet", "fpn"] = "farnet"  # the U-Net and FPN baselines of Table 2
 
 

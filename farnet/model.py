@@ -37,10 +37,12 @@ class FARNet(nn.Module):
         fusion: "concat" (MSFA) or "add" (MSFA(+)).
         refinement: "guided" (FR), "naive" (FR*: no MSFA supervision, no MSFA heatmaps) or "none" (MSFA only).
         fr_input_kernel: kernel of FR's input conv (paper 3, authors' code 1).
+        head: style of both heatmap heads, "authors" (plain 3x3 conv, then 1x1) or "bn_relu"
+            (:func:`~farnet.layers.heatmap_head`).
     """
 
     def __init__(self, backbone: Backbone, num_landmarks: int, fusion: str = "concat", refinement: str = "guided",
-                 fr_input_kernel: int = 3):
+                 fr_input_kernel: int = 3, head: str = "authors"):
         super().__init__()
         if refinement not in REFINEMENTS:
             raise ValueError(f"refinement {refinement!r} is not one of {', '.join(REFINEMENTS)}")
@@ -51,12 +53,13 @@ class FARNet(nn.Module):
         self.refinement = refinement
         full_res = backbone.has_full_resolution
         levels = backbone.channels[1:] if full_res else backbone.channels  # C1..Cn
-        self.msfa = MultiScaleFeatureAggregation(levels, None if refinement == "naive" else num_landmarks, fusion)
+        self.msfa = MultiScaleFeatureAggregation(levels, None if refinement == "naive" else num_landmarks, fusion,
+                                                 head=head)
         self.fr = None
         if refinement != "none":
             self.fr = FeatureRefinement(self.msfa.out_channels, num_landmarks, guided=refinement == "guided",
                                         c0_channels=backbone.channels[0] if full_res else None,
-                                        input_kernel=fr_input_kernel)
+                                        input_kernel=fr_input_kernel, head=head)
         elif full_res:
             raise ValueError("a full-resolution (VGG) backbone needs the FR module: its first block is C0")
 
@@ -98,4 +101,4 @@ def build_model(params, num_landmarks: int) -> nn.Module:
     if params.architecture == "fpn":
         return FeaturePyramidNetwork(backbone, num_landmarks)
     return FARNet(backbone, num_landmarks, fusion=params.fusion, refinement=params.refinement,
-                  fr_input_kernel=params.fr_input_kernel)
+                  fr_input_kernel=params.fr_input_kernel, head=params.head)

@@ -9,7 +9,8 @@ The backbone's levels C1..Cn (finest first) go through three paths:
 3. up-sampling path 2, from the top to L1: ``U_n = 1x1(D_n)``, ``U_i = fuse(up(U_{i+1}), D_i)`` with ``T_2``
    at L2 and ``C_1`` at L1; the widths shrink to 128 at L2 and 64 at L1 (higher-resolution dominant).
 
-A 3x3 and a 1x1 conv regress K heatmaps at L1 (half the input resolution). ``fusion="concat"`` is the paper's
+A 3x3 and a 1x1 conv regress K heatmaps at L1 (half the input resolution); as in the authors' network the
+3x3 conv is plain (64 -> 64, bias, no BN, no ReLU) and the 1x1 conv runs in fp32. ``fusion="concat"`` is the paper's
 MSFA (concatenation then conv); ``fusion="add"`` is MSFA(+) of Table 2 (FPN/PAN-style: 1x1 projections to a
 common width, addition, then a 3x3 conv). For DenseNet-121 (C1..C5 = 64, 256, 512, 1024, 1024 channels) the
 concatenations are 1280, 768, ... channels wide, as in the authors' network; here they follow from the
@@ -24,7 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from farnet.layers import ConvBNReLU, upsample_to
+from farnet.layers import ConvBiasBNReLU, heatmap_head, upsample_to
 
 Fusion = Literal["concat", "add"]
 
@@ -41,11 +42,11 @@ class Fuse(nn.Module):
             raise ValueError(f"fusion {mode!r} is not 'concat' or 'add'")
         self.mode = mode
         if mode == "concat":
-            self.conv = ConvBNReLU(path_channels + skip_channels, out_channels, kernel)
+            self.conv = ConvBiasBNReLU(path_channels + skip_channels, out_channels, kernel)
         else:
-            self.path_proj = ConvBNReLU(path_channels, out_channels, 1) if path_channels != out_channels else None
-            self.skip_proj = ConvBNReLU(skip_channels, out_channels, 1) if skip_channels != out_channels else None
-            self.conv = ConvBNReLU(out_channels, out_channels, 3)
+            self.path_proj = ConvBiasBNReLU(path_channels, out_channels, 1) if path_channels != out_channels else None
+            self.skip_proj = ConvBiasBNReLU(skip_channels, out_channels, 1) if skip_channels != out_channels else None
+            self.conv = ConvBiasBNReLU(out_channels, out_channels, 3)
 
     def forward(self, path: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if self.mode == "concat":
@@ -63,10 +64,11 @@ class MultiScaleFeatureAggregation(nn.Module):
         num_landmarks: K, the number of heatmaps; ``None`` builds no heatmap head (naive FR*, Table 2).
         fusion: ``"concat"`` (MSFA) or ``"add"`` (MSFA(+)).
         width: channels of the up-sampling paths (256 in the paper); L2 and L1 of path 2 use width/2 and width/4.
+        head: the heatmap head's style, "authors" or "bn_relu" (:func:`~farnet.layers.heatmap_head`).
     """
 
     def __init__(self, in_channels: Sequence[int], num_landmarks: int | None, fusion: Fusion = "concat",
-                 width: int = 256):
+                 width: int = 256, head: str = "authors"):
         super().__init__()
         n = len(in_channels)
         if n < 3:
@@ -76,26 +78,26 @@ class MultiScaleFeatureAggregation(nn.Module):
         down = [width * 2 ** (i - 1) for i in range(2, n)]  # index j ↔ level j + 3
         top_width = down[-1] // 2  # D_n: 3x3 fusion to half the doubled width (1024 for n = 5)
 
-        self.top = nn.Sequential(ConvBNReLU(c[-1], 2 * width, 3), ConvBNReLU(2 * width, width, 1))
+        self.top = nn.Sequential(ConvBiasBNReLU(c[-1], 2 * width, 3), ConvBiasBNReLU(2 * width, width, 1))
         # up path 1: T_{n-1} .. T_2 (index j ↔ level j + 2)
         self.up1 = nn.ModuleList(Fuse(width, c[j + 1], width, fusion) for j in range(n - 2))
         # down path: stride-2 convs into L3..Ln and their fusions with T_3..T_n
         prev = [width] + down[:-1]
-        self.down_convs = nn.ModuleList(ConvBNReLU(p, d, 3, stride=2) for p, d in zip(prev, down))
+        self.down_convs = nn.ModuleList(ConvBiasBNReLU(p, d, 3, stride=2) for p, d in zip(prev, down))
         self.down_fuse = nn.ModuleList(
             Fuse(d, width, top_width if j == len(down) - 1 else d, fusion, kernel=3 if j == len(down) - 1 else 1)
             for j, d in enumerate(down)
         )
         d_widths = down[:-1] + [top_width]  # channels of D_3..D_n
         # up path 2: U_n = 1x1(D_n); U_{n-1}..U_3 fuse with D_i; U_2 with T_2; U_1 with C_1
-        self.up2_top = ConvBNReLU(d_widths[-1], width, 1)
+        self.up2_top = ConvBiasBNReLU(d_widths[-1], width, 1)
         self.up2 = nn.ModuleList(Fuse(width, d_widths[j], width, fusion) for j in range(len(d_widths) - 1))
         self.up2_l2 = Fuse(width, width, width // 2, fusion)
         self.up2_l1 = Fuse(width // 2, c[0], width // 4, fusion)
         self.out_channels = width // 4
         self.head = None
         if num_landmarks is not None:
-            self.head = nn.Sequential(ConvBNReLU(width // 4, width // 4, 3), nn.Conv2d(width // 4, num_landmarks, 1))
+            self.head = heatmap_head(width // 4, num_landmarks, head, width=width // 4)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """C1..Cn -> (U1 features (B, width/4, H/2, W/2), heatmaps (B, K, H/2, W/2) or None)."""

@@ -7,6 +7,7 @@ from farnet.backbone import BACKBONES, Backbone
 from farnet.config import ModelParams, params_from_dict
 from farnet.engine import TrainOptions, train
 from farnet.errors import ConfigError
+from farnet.layers import Float32Conv2d
 from farnet.losses import L2HeatmapLoss
 from farnet.model import FARNet, build_model
 
@@ -74,7 +75,7 @@ def test_unet_has_the_original_channel_plan():
     assert model.bottom[1][0].out_channels == 1024
     assert [step.up.out_channels for step in model.up] == [512, 256, 128, 64]
     assert [step.conv[0][0].in_channels for step in model.up] == [1024, 512, 256, 128]  # up (C/2) ⊕ skip (C/2)
-    assert model.head.in_channels == 64 and model.head.out_channels == 19
+    assert model.head.in_channels == 64 and model.head.out_channels == 19 and isinstance(model.head, Float32Conv2d)
 
 
 def test_unet_rejects_sizes_it_cannot_halve_four_times():
@@ -96,7 +97,7 @@ def test_fpn_laterals_read_c2_to_c5_of_the_backbone(name, c2_to_c5):
     assert all(conv.out_channels == 256 and conv.kernel_size == (1, 1) for conv in model.lateral)
     assert model.smooth.kernel_size == (3, 3)
     assert model.head[0][0].kernel_size == (3, 3) and model.head[1].kernel_size == (1, 1)
-    assert model.head[1].out_channels == K
+    assert model.head[1].out_channels == K and isinstance(model.head[1], Float32Conv2d)
 
 
 @pytest.mark.parametrize("name", BACKBONES)

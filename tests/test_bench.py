@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from farnet import fastpath
 from farnet.bench import command, compiled, measure, report
 from farnet.cli import main
 from farnet.data.cache import build_cache
@@ -35,9 +36,12 @@ def test_quick_report_schema(quick_report):
     assert doc["settings"]["size_hw"] == [64, 64] and doc["settings"]["batches"] == [1, 2]
     assert doc["auto"]["precision"] in ("fp32", "bf16")
     assert doc["flops"]["train_step_per_image"] > doc["flops"]["forward_per_image"] > 0
-    assert doc["reference"]["authors_cpu_train_step_s"] == report.AUTHORS_CPU_TRAIN_STEP_S == 8.0
-    assert doc["reference"]["authors_cpu_inference_s"] == [1.5, 1.9]
-    assert doc["peak"]["estimate"] is True and "ESTIMATE" in doc["peak"]["source"]
+    assert doc["reference"]["authors_cpu_train_step_s"] == report.AUTHORS_CPU_TRAIN_STEP_S == 7.0
+    assert doc["reference"]["authors_cpu_inference_s"] == 2.2
+    peak = doc["peak"]  # measured in the same run, fp32 and bf16, on the same cores
+    assert peak["measured"] is True and "MEASURED" in peak["source"]
+    assert peak["bf16_flops_per_s"] > 0 and peak["fp32_flops_per_s"] > 0
+    assert len(peak["conv"]["bf16_times_s"]) == 2 and peak["reference"]["estimate"] is True
     assert doc["data"] is None and doc["complete"] is True
     table = out.with_suffix(".md").read_text()
     for name in EAGER:
@@ -47,8 +51,12 @@ def test_quick_report_schema(quick_report):
 def test_quick_report_numbers_are_positive(quick_report):
     doc, _ = quick_report
     assert list(doc["paths"])[:4] == EAGER
+    native = fastpath.bf16_native("cpu")
     for name in EAGER:
         path = doc["paths"][name]
+        if name.startswith("bf16") and not native:  # emulated bf16 is not timed unless asked for
+            assert path["status"] == "skipped" and "no native bf16" in path["reason"]
+            continue
         assert path["status"] == "ok", path.get("reason")
         for what in ("train", "inference"):
             assert sorted(path[what]) == ["1", "2"]
@@ -70,20 +78,20 @@ def test_quick_report_numbers_are_positive(quick_report):
 def test_ratios_to_the_authors_at_800x640_on_cpu():
     results = {"fp32": {"status": "ok", "precision": "fp32",
                         "train": {"1": {"median_s": 16.0, "images_per_s": 1 / 16}},
-                        "inference": {"1": {"median_s": 3.4, "images_per_s": 1 / 3.4}}},
+                        "inference": {"1": {"median_s": 4.4, "images_per_s": 1 / 4.4}}},
                "bf16": {"status": "ok", "precision": "bf16",
-                        "train": {"1": {"median_s": 2.0, "images_per_s": 0.5}},
-                        "inference": {"1": {"median_s": 0.85, "images_per_s": 1 / 0.85}}}}
+                        "train": {"1": {"median_s": 1.75, "images_per_s": 1 / 1.75}},
+                        "inference": {"1": {"median_s": 1.1, "images_per_s": 1 / 1.1}}}}
     flops = {"train_step_per_image": 930e9, "forward_per_image": 311e9}
     peak = {"bf16_flops_per_s": 930e9, "fp32_flops_per_s": 465e9}
     report.add_ratios(results, flops, peak, torch.device("cpu"), (800, 640))
     r = results["bf16"]["ratios"]
-    assert r["train_speedup_vs_fp32"] == pytest.approx(8.0) and r["train_speedup_vs_authors"] == pytest.approx(4.0)
-    assert r["inference_speedup_vs_authors"] == pytest.approx(2.0)  # midpoint of 1.5-1.9 s
-    assert r["train_floor_s"] == pytest.approx(1.0) and r["train_time_over_floor"] == pytest.approx(2.0)
-    assert results["bf16"]["train"]["1"]["fraction_of_peak"] == pytest.approx(0.5)
+    assert r["train_speedup_vs_fp32"] == pytest.approx(16 / 1.75) and r["train_speedup_vs_authors"] == pytest.approx(4.0)
+    assert r["inference_speedup_vs_authors"] == pytest.approx(2.0) and r["inference_speedup_vs_fp32"] == pytest.approx(4.0)
+    assert r["train_floor_s"] == pytest.approx(1.0) and r["train_time_over_floor"] == pytest.approx(1.75)
+    assert results["bf16"]["train"]["1"]["fraction_of_peak"] == pytest.approx(1 / 1.75)
     assert results["fp32"]["train"]["1"]["fraction_of_peak"] == pytest.approx(930e9 / 16 / 465e9)
-    assert r["paper_schedule_train_s"] == pytest.approx(45000 * 2.0)
+    assert r["paper_schedule_train_s"] == pytest.approx(45000 * 1.75)
     report.add_ratios(results, flops, peak, torch.device("cuda"), (800, 640))
     assert results["bf16"]["ratios"]["train_speedup_vs_authors"] is None  # CPU figures: not for a GPU
 
@@ -106,6 +114,12 @@ def test_paths_per_device_and_bad_options():
     assert names[:4] == EAGER and names[4].startswith("compile(") and not any("cuda_graphs" in n for n in names)
     selected = command.select_paths(measure.bench_paths(torch.device("cpu")), ["fp32", "compile"], quick=True)
     assert [p.name for p in selected] == ["fp32", names[4]]
+    emulated = command.select_paths(measure.bench_paths(torch.device("cpu")), None, quick=False, bf16_native=False)
+    assert [p if isinstance(p, tuple) else p.name for p in emulated][:4] == [
+        "fp32", ("bf16", emulated[1][1]), "channels_last", ("bf16+channels_last", emulated[3][1])]
+    assert "no native bf16" in emulated[1][1]
+    asked = command.select_paths(measure.bench_paths(torch.device("cpu")), ["bf16"], quick=False, bf16_native=False)
+    assert [p.name for p in asked] == ["bf16"]  # named paths always run
     with pytest.raises(ConfigError, match="--paths 'tf32' is not one of"):
         command.select_paths(measure.bench_paths(torch.device("cpu")), ["tf32"], quick=False)
     assert main(["bench", "--size", "100", "64", "--quick"]) == 2  # reported as an error, not a traceback
@@ -116,6 +130,18 @@ def test_cpu_peak_is_labelled_an_estimate():
     assert peak["estimate"] is True
     if peak["bf16_flops_per_s"] is not None:
         assert peak["bf16_flops_per_s"] >= peak["fp32_flops_per_s"] > 0
+
+
+def test_measured_peak_times_the_conv_in_both_precisions():
+    measured = measure.measure_conv_peak(torch.device("cpu"), repeats=1, warmup=0)
+    assert len(measured["fp32_times_s"]) == len(measured["bf16_times_s"]) == 1
+    flops = 2 * 256 * 256 * 9 * 200 * 160
+    assert measured["fp32_flops_per_s"] == pytest.approx(flops / measured["fp32_times_s"][0])
+    assert "3x3 convolution 256 -> 256 channels at 200x160" in measured["method"]
+    peak = report.device_peak(torch.device("cpu"), measured)
+    assert peak["measured"] is True and peak["bf16_flops_per_s"] == measured["bf16_flops_per_s"]
+    forced = report.device_peak(torch.device("cpu"), measured, peak_tflops=1.0)
+    assert forced["measured"] is False and forced["bf16_flops_per_s"] == 1e12
 
 
 def _partial_then_error(path, spec, messages):  # a compile child that measured batch 1, then failed

@@ -44,11 +44,13 @@ def test_msfa_channel_plan_follows_the_backbone():
 
 def test_fr_concatenates_u1_c0_and_msfa_heatmaps():
     model = FARNet(Backbone("densenet121"), 19)
-    assert model.fr.head[0][0].in_channels == 64 + 32 + 19  # the authors' 115
+    assert model.fr.head[0].in_channels == 64 + 32 + 19  # the authors' 115
     naive = FARNet(Backbone("densenet121"), 19, refinement="naive")
-    assert naive.fr.head[0][0].in_channels == 64 + 32
+    assert naive.fr.head[0].in_channels == 64 + 32
     vgg = FARNet(Backbone("vgg16"), 19)
-    assert vgg.fr.input_conv is None and vgg.fr.head[0][0].in_channels == 64 + 64 + 19
+    assert vgg.fr.input_conv is None and vgg.fr.head[0].in_channels == 64 + 64 + 19
+    lighter = FARNet(Backbone("densenet121"), 19, head="bn_relu")
+    assert lighter.fr.head[0][0].in_channels == 115 and lighter.fr.head[0][0].out_channels == 64
 
 
 @pytest.mark.parametrize("fusion, refinement, heads", [
@@ -88,3 +90,5 @@ def test_bad_options():
         FARNet(Backbone("vgg16"), K, refinement="none")
     with pytest.raises(ValueError, match="num_landmarks"):
         FARNet(Backbone("densenet121"), 0)
+    with pytest.raises(ValueError, match="head 'plain' is not one of authors, bn_relu"):
+        FARNet(Backbone("densenet121"), K, head="plain")

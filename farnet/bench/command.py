@@ -14,12 +14,13 @@ from farnet import provenance
 from farnet.allocator import malloc_setting
 from farnet.bench.compiled import graphed_inference, graphed_train_step, run_compiled
 from farnet.bench.measure import (BenchPath, bench_paths, count_flops, describe, eager_inference, eager_train_step,
-                                  make_model, measure_data, memory_kind, path_settings, release, timed)
+                                  make_model, measure_conv_peak, measure_data, memory_kind, path_settings, release,
+                                  timed)
 from farnet.bench.report import (AUTHORS_CPU_INFERENCE_S, AUTHORS_CPU_TRAIN_STEP_S, AUTHORS_FORWARD_GFLOP,
                                  AUTHORS_REFERENCE, AUTHORS_STEP_GFLOP, SCHEMA_VERSION, add_ratios, device_name,
                                  device_peak, device_slug, markdown_table, write_report)
 from farnet.errors import ConfigError
-from farnet.fastpath import resolve, tune_backends
+from farnet.fastpath import bf16_native, resolve, tune_backends
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-timeout", type=float, default=1200.0,
                         help="seconds torch.compile (compilation and its timings) may take before it is given up")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's bf16 peak in TFLOP/s for the floor (default: a table for known GPUs, "
-                             "an estimate for CPUs)")
+                        help="the device's bf16 peak in TFLOP/s for the fractions and the floor (default: measured "
+                             "in the same run on a large 3x3 convolution)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 160x128, 1 warm-up, 2 repeats, batches 1 2, no torch.compile")
     parser.add_argument("--out", type=Path, default=None,
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     batches = args.batches or ([1, 2] if args.quick or not on_cuda else [1, 2, 4, 8])
     if warmup < 0 or repeats < 1 or any(b < 1 for b in batches):
         raise ConfigError("--warmup must be >= 0, --repeats and --batches >= 1")
-    paths = select_paths(bench_paths(device), args.paths, quick=args.quick)
+    paths = select_paths(bench_paths(device), args.paths, quick=args.quick, bf16_native=bf16_native(device))
     out = args.out or Path("results/benchmarks") / f"{device_slug(device)}.json"
     report = run_benchmark(device=device, size_hw=size_hw, batches=sorted(set(batches)), warmup=warmup,
                            repeats=repeats, backbone=args.backbone, num_landmarks=args.num_landmarks, paths=paths,
@@ -75,10 +76,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def select_paths(paths: list[BenchPath], wanted: list[str] | None, quick: bool) -> list[BenchPath | str]:
-    """The paths to run; a path left out by --quick stays in the list as its name, to be recorded as skipped."""
+def select_paths(paths: list[BenchPath], wanted: list[str] | None, quick: bool,
+                 bf16_native: bool = True) -> list[BenchPath | tuple[str, str]]:
+    """The paths to run; a path left out stays in the list as (name, reason), to be recorded as skipped.
+
+    By default --quick leaves out torch.compile, and a CPU without native bf16 leaves out the bf16 paths (oneDNN
+    emulates bf16 there, some ten times slower than fp32: minutes per step at 800x640, and no fast path). A path
+    named in ``wanted`` always runs.
+    """
     if wanted is None:
-        return [p.name if (quick and p.compile) else p for p in paths]
+        chosen = []
+        for p in paths:
+            if quick and p.compile:
+                chosen.append((p.name, "--quick: torch.compile takes minutes"))
+            elif p.precision == "bf16" and not bf16_native:
+                chosen.append((p.name, "no native bf16 on this device (emulated: see the measured peak); "
+                                       "name it in --paths to time it anyway"))
+            else:
+                chosen.append(p)
+        return chosen
     chosen = []
     for name in wanted:
         match = [p for p in paths if p.name == name or (name == "compile" and p.compile)
@@ -90,7 +106,8 @@ def select_paths(paths: list[BenchPath], wanted: list[str] | None, quick: bool) 
 
 
 def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: list[int], warmup: int, repeats: int,
-                  backbone: str = "densenet121", num_landmarks: int = 19, paths: list[BenchPath | str] | None = None,
+                  backbone: str = "densenet121", num_landmarks: int = 19,
+                  paths: list[BenchPath | tuple[str, str]] | None = None,
                   cache: Path | None = None, data_steps: int = 30, num_workers: int = 0,
                   compile_timeout_s: float = 1200.0, peak_tflops: float | None = None, quick: bool = False,
                   log: Callable[[str], None] = lambda message: None,
@@ -102,10 +119,11 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
     spec = {"device": str(device), "size_hw": list(size_hw), "batches": list(batches), "warmup": warmup,
             "repeats": repeats, "backbone": backbone, "num_landmarks": num_landmarks,
             "threads": torch.get_num_threads()}
-    peak = device_peak(device, peak_tflops)
+    peak = device_peak(device, measure_conv_peak(device, repeats=2 if quick else 5), peak_tflops)
     auto = resolve("auto", "auto", device)
     log(f"farnet bench on {device_name(device)}: {size_hw[0]}x{size_hw[1]}, batches {batches}, "
         f"{warmup} warm-up + {repeats} timed runs; 'auto' here = {auto.describe()}")
+    log(f"peak: {peak['source']}")
     flops = count_flops(spec, auto)
     log(f"FLOPs per image: forward {flops['forward_per_image'] / 1e9:.1f} G, "
         f"training step {flops['train_step_per_image'] / 1e9:.1f} G")
@@ -128,7 +146,7 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
         "flops": flops,
         "peak": peak,
         "reference": {"authors_cpu_train_step_s": AUTHORS_CPU_TRAIN_STEP_S,
-                      "authors_cpu_inference_s": list(AUTHORS_CPU_INFERENCE_S),
+                      "authors_cpu_inference_s": AUTHORS_CPU_INFERENCE_S,
                       "authors_step_gflop": AUTHORS_STEP_GFLOP, "authors_forward_gflop": AUTHORS_FORWARD_GFLOP,
                       "source": AUTHORS_REFERENCE,
                       "applies": device.type == "cpu",
@@ -139,8 +157,9 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
         "complete": False,  # True once every path has run: a report saved on the way says so
     }
     for path in paths:
-        if isinstance(path, str):
-            results[path] = {"status": "skipped", "reason": "--quick: torch.compile takes minutes"}
+        if isinstance(path, tuple):
+            name, reason = path
+            results[name] = {"status": "skipped", "reason": reason}
             continue
         log(f"-- {path.name}")
         if path.compile:

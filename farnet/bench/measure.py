@@ -144,6 +144,44 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+# The peak measured in each run: a large 3x3 convolution, channels_last (DESIGN §7), timed in fp32 and in bf16
+PEAK_CONV = {"channels": 256, "size_hw": (200, 160), "kernel": 3}
+
+
+def measure_conv_peak(device: torch.device, repeats: int = 5, warmup: int = 2) -> dict:
+    """The rate the device reaches on a large 3x3 convolution (256 -> 256 channels at 200x160, channels_last,
+    batch 1 on CPU and 8 on CUDA), in fp32 and in bf16, timed like the paths (median after warm-up).
+
+    This is the peak every path is measured against: what this machine's convolution kernels deliver on the
+    same cores in the same run, not a data-sheet figure.
+    """
+    import torch.nn.functional as F
+
+    c, (h, w), k = PEAK_CONV["channels"], PEAK_CONV["size_hw"], PEAK_CONV["kernel"]
+    batch = 8 if device.type == "cuda" else 1
+    flops = 2 * batch * c * c * k * k * h * w
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, w, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, c, k, k, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    result = {"method": f"median of {repeats} runs after {warmup} warm-up of a {k}x{k} convolution {c} -> {c} "
+                        f"channels at {h}x{w}, batch {batch}, channels_last, {flops / 1e9:.1f} GFLOP each"}
+    with torch.no_grad():
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            xi, wi = x.to(dtype), weight.to(dtype)
+            for _ in range(warmup):
+                F.conv2d(xi, wi, padding=k // 2)
+            times = []
+            for _ in range(repeats):
+                sync(device)
+                t0 = time.perf_counter()
+                F.conv2d(xi, wi, padding=k // 2)
+                sync(device)
+                times.append(time.perf_counter() - t0)
+            result[f"{name}_flops_per_s"] = flops / statistics.median(times)
+            result[f"{name}_times_s"] = times
+    return result
+
+
 def count_flops(spec: dict, fast: FastPath) -> dict:
     """FLOPs of one image's forward pass and training step (forward + backward), by ``FlopCounterMode``.
 
