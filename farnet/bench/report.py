@@ -162,10 +162,20 @@ def device_name(device: torch.device) -> str:
 
 
 def device_slug(device: torch.device) -> str:
-    """File name of a device's results: ``cpu-<model>`` or the CUDA device's name, e.g. ``nvidia-h100-80gb-hbm3``."""
+    """File name of a device's results: ``cpu-<model>-<vector ISA>`` (CPUs of one name differ: e.g. an EPYC with
+    AVX-512 BF16 and one with AVX2 only) or the CUDA device's name, e.g. ``nvidia-h100-80gb-hbm3``."""
     name = device_name(device)
     slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)", "", name.lower())).strip("-")
-    return slug if device.type == "cuda" else f"cpu-{slug}"
+    return slug if device.type == "cuda" else f"cpu-{slug}-{cpu_isa()}"
+
+
+def cpu_isa() -> str:
+    """The widest vector unit of this CPU that the convolutions use: amx, avx512-bf16, avx512, avx2 or sse."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    for flag, tag in (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"), ("avx2", "avx2")):
+        if flag in flags:
+            return tag
+    return "sse"
 
 
 def write_report(report: dict, table: str, out: Path) -> None:
