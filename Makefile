@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export FARNET_DATA_MIRROR ?= $(abspath ../shared/data)
 
-.PHONY: setup quick paper test
+.PHONY: setup quick paper test exp-show
 
 $(BIN)/farnet: pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ quick: setup
 
 paper: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+
+# The experiments with the headline numbers of every table (results/summary.json) and the params that differ
+exp-show: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp show --only-changed --drop '^results/(metrics|train)/' --md
 
 test: setup
 	$(BIN)/python -m pytest -q

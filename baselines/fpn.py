@@ -18,7 +18,7 @@ from torch import nn
 
 from farnet.backbone import Backbone
 from farnet.layers import ConvBNReLU, Float32Conv2d
-from farnet.model import Heatmaps
+from farnet.inference import Heatmaps
 
 FINEST_STRIDE = 4  # C2, the finest level of Lin et al.'s pyramid
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from farnet.layers import ConvBNReLU, Float32Conv2d
-from farnet.model import Heatmaps
+from farnet.inference import Heatmaps
 
 
 # deviation: 'same' padding (the original uses valid convs and crops the skips), so the heatmaps come out at

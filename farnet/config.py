@@ -91,6 +91,7 @@ class TrainParams:
     channels_last: bool | Literal["auto"] = "auto"
     num_workers: int = 0
     checkpoint_every: int = 1
+    save_dtype: Literal["fp32", "bf16"] = "fp32"  # the floating-point weights of model.pt (training is unchanged)
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,61 @@ def section_from_dict(cls: type, raw: dict[str, Any], name: str) -> Any:
 def effective_dict(params: Params) -> dict[str, Any]:
     """The resolved parameters as plain data (for provenance and checkpoints)."""
     return _plain(dataclasses.asdict(params))
+
+
+STAGES = ("prepare", "train", "evaluate")
+
+
+def stage_params(params: Params, stage: str, dataset: str | None = None) -> dict[str, Any]:
+    """The resolved parameters one stage of one run (or dataset) reads, and nothing else.
+
+    The resolve stage writes this per run (``resolved/<run>/train.json``, ``evaluate.json``) and per dataset
+    (``resolved/datasets/<name>.json``); the train, evaluate and prepare stages depend on those files and build
+    their parameters from them (:func:`params_from_stage`), so ``dvc exp run -S loss.alpha=20`` re-runs only the
+    runs whose own values changed: an L2 run carries no ``loss.alpha``, a U-Net no backbone.
+
+    Args:
+        params: resolved for a run (``load_params(..., run=...)``) for "train" and "evaluate"; any for "prepare".
+        stage: "prepare", "train" or "evaluate".
+        dataset: the dataset "prepare" is for; the run's own for the others.
+    """
+    p = effective_dict(params)
+    if stage == "prepare":
+        return {"profile": params.profile, "datasets": {dataset: p["datasets"][dataset]}}
+    dataset = params.data.dataset
+    if stage == "evaluate":
+        return {"run": params.run, "datasets": {dataset: p["datasets"][dataset]},
+                "data": {"dataset": dataset, "fold": params.data.fold},
+                "eval": {k: p["eval"][k] for k in ("sdr_radii_mm", "batch_size")},
+                "train": {k: p["train"][k] for k in ("precision", "channels_last")}}
+    if stage != "train":
+        raise ValueError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+    model = p["model"]
+    if model["architecture"] == "unet":  # trained from scratch, no backbone
+        model = {"architecture": "unet"}
+    elif model["architecture"] == "fpn":
+        model = {k: model[k] for k in ("architecture", "backbone", "pretrained")}
+    elif model["refinement"] == "none" or model["backbone"].startswith("vgg"):  # no FR input conv to size
+        model = {k: v for k, v in model.items() if k != "fr_input_kernel"}
+    loss_keys = {"ewc": ("alpha",), "l2": (), "awing": ("awing_omega", "awing_theta", "awing_epsilon", "awing_alpha")}
+    loss = {"name": p["loss"]["name"], **{k: p["loss"][k] for k in loss_keys[p["loss"]["name"]]}}
+    evaluation = {"select": p["eval"]["select"]}
+    if params.eval.select == "best_test1":  # validation on Test1 reads the evaluation settings too
+        evaluation.update({k: p["eval"][k] for k in ("sdr_radii_mm", "batch_size")})
+    return {"profile": params.profile, "run": params.run, "seed": params.seed,
+            "datasets": {dataset: p["datasets"][dataset]}, "data": p["data"], "heatmap": p["heatmap"],
+            "model": model, "loss": loss, "train": p["train"], "eval": evaluation}
+
+
+def params_from_stage(raw: dict[str, Any], where: str | Path = "resolved parameters") -> Params:
+    """:class:`Params` from a :func:`stage_params` mapping; keys it leaves out take their defaults, which the
+    stage does not read."""
+    try:
+        params = _build(Params, raw, "")
+        _check_values(params)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return params
 
 
 def _plain(value: Any) -> Any:

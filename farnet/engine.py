@@ -12,13 +12,12 @@ the last good checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -28,13 +27,13 @@ from tqdm.auto import tqdm
 
 from farnet import distributed
 from farnet.checkpoint import load_checkpoint, save_atomic
+from farnet.config import Params
 from farnet.fileio import write_json
-from farnet.dataset import normalize
 from farnet.errors import TrainingDiverged, TrainingInterrupted
-from farnet.fastpath import FastPath, resolve, resolve_precision, tune_backends
+from farnet.fastpath import FastPath, autocast, resolve, tune_backends
 from farnet.heatmaps import encode_heatmaps, scale_points
 from farnet.interrupt import requested_signal, stop_on_signal, stop_requested
-from farnet.model import Heatmaps
+from farnet.inference import Heatmaps, normalize
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,12 @@ class TrainOptions:
     num_workers: int = 0
     checkpoint_every: int = 1
     seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: Params) -> TrainOptions:
+        """The options of a run: ``params.train`` field by field, its heatmap σ and its seed."""
+        return cls(**{f.name: getattr(params.train, f.name) for f in fields(cls) if hasattr(params.train, f.name)},
+                   sigma_px=params.heatmap.sigma_px, seed=params.seed)
 
 
 @dataclass
@@ -79,15 +84,6 @@ def build_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
 def lr_at(epoch: int, lr: float, milestones: Sequence[int], gamma: float) -> float:
     """Step schedule: lr · gamma^(number of milestones <= epoch), epochs 0-based."""
     return lr * gamma ** sum(1 for m in milestones if epoch >= m)
-
-
-def autocast(device: str | torch.device, precision: str):
-    """bf16 autocast on CPU or CUDA, or nothing for fp32; ``"auto"`` is first resolved for ``device``
-    (:func:`farnet.fastpath.resolve_precision`)."""
-    device = torch.device(device)
-    if resolve_precision(precision, device) == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def heatmap_loss(out: Heatmaps, points_xy: torch.Tensor, input_hw: tuple[int, int], sigma_px: float,
@@ -172,6 +168,19 @@ def resumable_epoch(out_dir: str | Path, fingerprint: str) -> int:
     return int(info.get("epoch", 0)) if info.get("fingerprint") == fingerprint else 0
 
 
+@dataclass
+class _Progress:
+    """Where a run stands: what a checkpoint holds and a resumed run starts from."""
+
+    epoch: int = 0  # epochs done
+    history: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+    best_epoch: int | None = None
+    best_score: float | None = None
+    step_in_epoch: int = 0  # after an interruption: steps of `epoch` already done ...
+    epoch_sums: dict[str, float] = field(default_factory=dict)  # ... and their loss sums
+
+
 @stop_on_signal  # SIGINT/SIGTERM: finish the step, save a resumable checkpoint, raise TrainingInterrupted
 def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: TrainOptions, out_dir: str | Path, *,
           fingerprint: str, device: str | torch.device = "cpu", log: Callable[[int, dict], None] | None = None,
@@ -192,97 +201,142 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: Train
             rank 0 only, and rank 0 alone writes checkpoints, which the other ranks wait for.
     """
     device = torch.device(device)
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt_path = Path(out_dir) / "checkpoint.pt"
     fast = resolve(options.precision, options.channels_last, device)  # "auto" is decided here, once
     tune_backends(device)
     if world_size > 1 and not distributed.is_distributed():
         raise ValueError(f"world_size={world_size} but no process group: call farnet.distributed.init_from_env()")
     model.to(device=device, memory_format=fast.memory_format)
     optimizer = build_optimizer(options.optimizer, model.parameters(), options.lr)
-
-    start_epoch, history, wall_s = 0, [], 0.0
-    skip_steps, partial_sums = 0, {}  # after an interruption: steps of start_epoch already done, their loss sums
-    best_epoch, best_score = None, None
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        if state.get("fingerprint") == fingerprint:
-            _unwrap(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, history, wall_s = state["epoch"], list(state["history"]), float(state["wall_s"])
-            best_epoch, best_score = state.get("best_epoch"), state.get("best_score")
-            skip_steps, partial_sums = int(state.get("step_in_epoch", 0)), dict(state.get("epoch_sums", {}))
-        elif rank == 0:
-            tqdm.write(f"{ckpt_path}: made with other parameters or data; starting afresh")
-
-    resumed_from = start_epoch
+    state = _resume(ckpt_path, fingerprint, model, optimizer, device, rank)
+    resumed_from = state.epoch
     net = distributed.wrap(model, device) if world_size > 1 else model  # every rank has loaded the checkpoint
     loader, sampler = make_loader(dataset, options, device, rank, world_size)
     steps_per_epoch = len(loader)
-    bar = tqdm(total=options.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + skip_steps, unit="step",
-               desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
-    for epoch in range(start_epoch, options.epochs):
+    bar = tqdm(total=options.epochs * steps_per_epoch, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
+               unit="step", desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
+    run = _Run(model, net, optimizer, loss_fn, options, fast, device, ckpt_path, fingerprint, rank, world_size, bar,
+               saved_epoch=state.epoch)
+    for epoch in range(state.epoch, options.epochs):
         t0 = time.perf_counter()
-        lr = lr_at(epoch, options.lr, options.lr_milestones, options.lr_gamma)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        sums = run.epoch(loader, sampler, dataset, epoch, state, t0)
+        record = {"epoch": epoch + 1, "lr": lr_at(epoch, options.lr, options.lr_milestones, options.lr_gamma),
+                  **{k: v / steps_per_epoch for k, v in sums.items()}}
+        state.step_in_epoch, state.epoch_sums = 0, {}
+        state.wall_s += time.perf_counter() - t0
+        if validate is not None:
+            run.validate(validate, record, state, epoch)
+        state.history.append(record)
+        if log is not None and rank == 0:
+            log(epoch + 1, record)
+        state.epoch = epoch + 1
+        if state.epoch % options.checkpoint_every == 0 or state.epoch == options.epochs:
+            run.checkpoint(state)
+    bar.close()
+    return TrainResult(epochs=options.epochs, steps=options.epochs * steps_per_epoch, wall_s=state.wall_s,
+                       history=state.history, resumed_from=resumed_from, best_epoch=state.best_epoch,
+                       best_score=state.best_score, fast_path=fast.describe())
+
+
+def _resume(ckpt_path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+            device: torch.device, rank: int) -> _Progress:
+    """The progress of a checkpoint made with this fingerprint (its weights and optimizer state loaded), or a
+    fresh start."""
+    if not ckpt_path.is_file():
+        return _Progress()
+    saved = load_checkpoint(ckpt_path, map_location=device)
+    if saved.get("fingerprint") != fingerprint:
+        if rank == 0:
+            tqdm.write(f"{ckpt_path}: made with other parameters or data; starting afresh")
+        return _Progress()
+    _unwrap(model).load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    return _Progress(epoch=saved["epoch"], history=list(saved["history"]), wall_s=float(saved["wall_s"]),
+                     best_epoch=saved.get("best_epoch"), best_score=saved.get("best_score"),
+                     step_in_epoch=int(saved.get("step_in_epoch", 0)), epoch_sums=dict(saved.get("epoch_sums", {})))
+
+
+@dataclass
+class _Run:
+    """What one training run's epochs share: the model (and its DDP wrapper), optimizer, loss and options."""
+
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    options: TrainOptions
+    fast: FastPath
+    device: torch.device
+    ckpt_path: Path
+    fingerprint: str
+    rank: int
+    world_size: int
+    bar: tqdm
+    saved_epoch: int = 0  # the epoch of the last checkpoint written
+
+    def epoch(self, loader: DataLoader, sampler: DistributedSampler, dataset: Dataset, epoch: int,
+              state: _Progress, t0: float) -> dict[str, float]:
+        """One epoch's steps (those after ``state.step_in_epoch`` when resumed mid-epoch): the loss sums."""
+        o = self.options
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(epoch, o.lr, o.lr_milestones, o.lr_gamma)
         sampler.set_epoch(epoch)
         if hasattr(dataset, "set_epoch"):  # seeded per-epoch augmentation
             dataset.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = partial_sums
+        self.model.train()
+        sums = state.epoch_sums
         for step, (images, points, _) in enumerate(loader):
-            if step < skip_steps:  # done before the interruption; the epoch's seed fixes the order
+            if step < state.step_in_epoch:  # done before the interruption; the epoch's seed fixes the order
                 continue
-            loss_value, parts = train_step(net, images.to(device, non_blocking=True),
-                                           points.to(device, non_blocking=True), optimizer, loss_fn,
-                                           options.sigma_px, fast, world_size)
+            loss_value, parts = train_step(self.net, images.to(self.device, non_blocking=True),
+                                           points.to(self.device, non_blocking=True), self.optimizer, self.loss_fn,
+                                           o.sigma_px, self.fast, self.world_size)
             if not math.isfinite(loss_value):
-                last = f"epoch {start_epoch}" if ckpt_path.is_file() else "none written yet"
+                last = f"epoch {self.saved_epoch}" if self.ckpt_path.is_file() else "none written yet"
                 raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; "
-                                       f"stopped. Last good checkpoint: {ckpt_path} ({last})")
+                                       f"stopped. Last good checkpoint: {self.ckpt_path} ({last})")
             sums["loss"] = sums.get("loss", 0.0) + loss_value
             for name, value in parts.items():
                 sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4g}")
-            if stop_requested(device, world_size):
-                bar.close()
-                _stop_interrupted(model, optimizer, ckpt_path, rank, fingerprint=fingerprint, epoch=epoch,
-                                  step_in_epoch=step + 1, epoch_sums=sums, history=history, best_epoch=best_epoch,
-                                  best_score=best_score, wall_s=wall_s + time.perf_counter() - t0)
-        skip_steps, partial_sums = 0, {}
-        wall_s += time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "lr": lr, **{k: v / steps_per_epoch for k, v in sums.items()}}
-        if validate is not None:
-            score = math.nan  # rank 0 validates the plain module (a DDP forward would wait for the other ranks)
-            if rank == 0:
-                _unwrap(model).eval()
-                with torch.no_grad():
-                    score = float(validate(_unwrap(model)))
-            if world_size > 1:
-                score = distributed.broadcast_float(score, device)  # all ranks agree on the best epoch
-            record["val_score"] = score
-            if best_score is None or score < best_score:
-                best_epoch, best_score = epoch + 1, score
-                if rank == 0:
-                    save_atomic({"model": _unwrap(model).state_dict(), "epoch": epoch + 1}, out_dir / "best.pt")
-        history.append(record)
-        if log is not None and rank == 0:
-            log(epoch + 1, record)
-        last_epoch = epoch + 1 == options.epochs
-        if rank == 0 and ((epoch + 1) % options.checkpoint_every == 0 or last_epoch):
-            save_atomic({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                         "fingerprint": fingerprint, "history": history, "wall_s": wall_s,
-                         "best_epoch": best_epoch, "best_score": best_score}, ckpt_path)
-            write_json(out_dir / "checkpoint.json", {"fingerprint": fingerprint, "epoch": epoch + 1})
-            start_epoch = epoch + 1
-        if world_size > 1 and ((epoch + 1) % options.checkpoint_every == 0 or last_epoch):
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4g}")
+            if stop_requested(self.device, self.world_size):
+                self.bar.close()
+                _stop_interrupted(self.model, self.optimizer, self.ckpt_path, self.rank,
+                                  fingerprint=self.fingerprint, epoch=epoch, step_in_epoch=step + 1,
+                                  epoch_sums=sums, history=state.history, best_epoch=state.best_epoch,
+                                  best_score=state.best_score, wall_s=state.wall_s + time.perf_counter() - t0)
+        return sums
+
+    def validate(self, validate: Callable[[nn.Module], float], record: dict, state: _Progress, epoch: int) -> None:
+        """The epoch's validation score into ``record``; the best weights to ``best.pt`` (rank 0 validates the
+        plain module: a DDP forward would wait for the other ranks)."""
+        score = math.nan
+        if self.rank == 0:
+            _unwrap(self.model).eval()
+            with torch.no_grad():
+                score = float(validate(_unwrap(self.model)))
+        if self.world_size > 1:
+            score = distributed.broadcast_float(score, self.device)  # all ranks agree on the best epoch
+        record["val_score"] = score
+        if state.best_score is None or score < state.best_score:
+            state.best_epoch, state.best_score = epoch + 1, score
+            if self.rank == 0:
+                save_atomic({"model": _unwrap(self.model).state_dict(), "epoch": epoch + 1},
+                            self.ckpt_path.parent / "best.pt")
+
+    def checkpoint(self, state: _Progress) -> None:
+        """The resumable state after ``state.epoch`` epochs, written atomically by rank 0; the others wait."""
+        self.saved_epoch = state.epoch
+        if self.rank == 0:
+            save_atomic({"model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "epoch": state.epoch, "fingerprint": self.fingerprint, "history": state.history,
+                         "wall_s": state.wall_s, "best_epoch": state.best_epoch, "best_score": state.best_score},
+                        self.ckpt_path)
+            write_json(self.ckpt_path.parent / "checkpoint.json", {"fingerprint": self.fingerprint,
+                                                                   "epoch": state.epoch})
+        if self.world_size > 1:
             distributed.barrier()  # the checkpoint is complete before any rank goes on (or reads it)
-    bar.close()
-    return TrainResult(epochs=options.epochs, steps=options.epochs * steps_per_epoch, wall_s=wall_s, history=history,
-                       resumed_from=resumed_from,
-                       best_epoch=best_epoch, best_score=best_score, fast_path=fast.describe())
 
 
 def _stop_interrupted(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt_path: Path, rank: int, *,

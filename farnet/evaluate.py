@@ -16,11 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from farnet.dataset import normalize
-from farnet.engine import autocast
 from farnet.heatmaps import DECODERS
+from farnet.inference import HeatmapNetwork
 from farnet.metrics import per_landmark, radial_error_mm, summarize
-from farnet.model import final_heatmaps
 
 
 @torch.no_grad()
@@ -32,15 +30,12 @@ def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int =
     device = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format).eval()
+    network = HeatmapNetwork(model, precision, channels_last)
     out: dict[str, list[np.ndarray]] = {name: [] for name in decoders}
     n = images.shape[0]
-    hw = tuple(images.shape[1:3])
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
         batch = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1)  # copy out of the mmap
-        x = normalize(batch.to(device)).contiguous(memory_format=memory_format)
-        with autocast(device, precision):
-            heads = model(x)
-        heatmaps = final_heatmaps(heads, hw).float()  # (B, K, H, W)
+        heatmaps = network(batch.to(device))  # (B, K, H, W) fp32
         for name in decoders:
             out[name].append(DECODERS[name](heatmaps).cpu().numpy())
     return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}

@@ -27,10 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from farnet.dataset import normalize
 from farnet.errors import FarnetError, WriteError
-from farnet.model import final_heatmaps
-from farnet.predict import TrainedModel, load_trained_model
+from farnet.inference import HeatmapNetwork
+from farnet.trained import TrainedModel, load_trained_model
 
 __all__ = ["HeatmapNetwork", "export_onnx", "onnx_parity", "read_onnx_metadata", "add_arguments", "run",
            "METADATA_KEY"]
@@ -42,18 +41,6 @@ ATOL, RTOL = 1e-4, 1e-3
 
 class ExportError(FarnetError):
     """The ONNX export failed or does not reproduce the PyTorch model."""
-
-
-class HeatmapNetwork(nn.Module):
-    """A landmark network with its input normalisation: uint8 (B, 1, H, W) -> heatmaps (B, K, H, W)."""
-
-    def __init__(self, model: nn.Module, input_hw: tuple[int, int]):
-        super().__init__()
-        self.model = model
-        self.input_hw = tuple(input_hw)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return final_heatmaps(self.model(normalize(image)), self.input_hw)
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, check: bool = True,
@@ -78,7 +65,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
 
     trained = load_trained_model(checkpoint, device="cpu")
     out = Path(out)
-    net = HeatmapNetwork(trained.model, trained.input_hw).eval()
+    net = HeatmapNetwork(trained.model).eval()  # fp32, NCHW: what ONNX Runtime reproduces
     h, w = trained.input_hw
     example = torch.randint(0, 256, (2, 1, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     try:

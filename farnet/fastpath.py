@@ -14,6 +14,8 @@ fast path are checked against fp32 by ``tests/test_fastpath.py`` and timed by ``
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +81,19 @@ def resolve(precision: str, channels_last: bool | str, device: str | torch.devic
     """The fast path a run with these settings uses on ``device`` (the one place ``"auto"`` is decided)."""
     resolved = resolve_precision(precision, device)
     return FastPath(precision=resolved, channels_last=resolve_channels_last(channels_last, device, resolved))
+
+
+def autocast(device: str | torch.device, precision: str, cache_enabled: bool = True):
+    """bf16 autocast on CPU or CUDA, or nothing for fp32; ``"auto"`` is first resolved for ``device``."""
+    device = torch.device(device)
+    if resolve_precision(precision, device) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+
+
+def default_device() -> torch.device:
+    """``FARNET_DEVICE`` if set, else CUDA when available, else CPU."""
+    return torch.device(os.environ.get("FARNET_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def tune_backends(device: str | torch.device) -> None:

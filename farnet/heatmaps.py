@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from farnet.coords import rescale_points
+
 
 def scale_points(points_xy: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> torch.Tensor:
     """Map (..., 2) pixel coordinates between resolutions: x' = (x + 0.5)·W'/W − 0.5 (pixel-centre aligned)."""
     sx = dst_hw[1] / src_hw[1]
     sy = dst_hw[0] / src_hw[0]
-    scale = points_xy.new_tensor([sx, sy])
-    return (points_xy + 0.5) * scale - 0.5
+    return rescale_points(points_xy, points_xy.new_tensor([sx, sy]))
 
 
 def encode_heatmaps(points_xy: torch.Tensor, size_hw: tuple[int, int], sigma_px: float) -> torch.Tensor:

@@ -8,24 +8,17 @@ supervision, "naive" = MSFA+FR*, "none" = MSFA alone). The forward pass returns 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from baselines.fpn import FeaturePyramidNetwork
+from baselines.unet import UNet
 from farnet.backbone import Backbone
+from farnet.inference import Heatmaps
 from farnet.msfa import MultiScaleFeatureAggregation
 from farnet.refinement import FeatureRefinement
 
 REFINEMENTS = ("guided", "naive", "none")
-
-
-class Heatmaps(NamedTuple):
-    """Supervised outputs of a landmark network; ``None`` where a variant has no such head."""
-
-    fine: torch.Tensor | None  # (B, K, H, W)
-    coarse: torch.Tensor | None  # (B, K, H/2, W/2)
 
 
 class FARNet(nn.Module):
@@ -74,25 +67,12 @@ class FARNet(nn.Module):
         return Heatmaps(fine=fine, coarse=coarse)
 
 
-def final_heatmaps(out: Heatmaps, size_hw: tuple[int, int]) -> torch.Tensor:
-    """The heatmaps to decode, at the input resolution: FR's, else MSFA's up-sampled (MSFA-only variant)."""
-    if out.fine is not None:
-        return out.fine
-    # deviation: the paper does not say how the MSFA-only row of Table 2 is decoded; its half-resolution
-    # heatmaps are up-sampled bilinearly to the input size and decoded like FR's.
-    return F.interpolate(out.coarse, size=size_hw, mode="bilinear", align_corners=False)
-
-
 def build_model(params, num_landmarks: int) -> nn.Module:
     """Build the network a :class:`~farnet.config.ModelParams` section names by ``architecture``.
 
     "farnet" (with its ``fusion`` / ``refinement`` variants), "fpn" (on ``backbone``) or "unet" (trained from
     scratch: ``backbone`` and ``pretrained`` do not apply to it).
     """
-    # imported here: the baselines import Heatmaps from this module
-    from baselines.fpn import FeaturePyramidNetwork
-    from baselines.unet import UNet
-
     if params.architecture == "unet":
         return UNet(num_landmarks)
     if params.architecture not in ("farnet", "fpn"):

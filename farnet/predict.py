@@ -32,43 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch import nn
 from tqdm.auto import tqdm
 
-from farnet.checkpoint import load_checkpoint
-from farnet.config import ModelParams, params_from_dict
 from farnet.data.imageio import map_points, read_image_with_spacing, resize_grayscale
+from farnet.data.registry import DATASETS
 from farnet.errors import ConfigError, DataError, FarnetError, WriteError
 from farnet.evaluate import predict_landmarks
-from farnet.model import build_model
+from farnet.trained import TrainedModel, load_trained_model
 
 __all__ = ["TrainedModel", "Prediction", "load_trained_model", "predict_images", "write_prediction",
            "add_arguments", "run"]
-
-# Spacing of a dataset's original images (mm per pixel) and their size, for models whose metadata has none.
-DATASET_SPACING_MM = {"isbi2015": (0.1, (1935, 2400))}
-
-
-@dataclass(frozen=True)
-class TrainedModel:
-    """A network rebuilt from a trained model file, in eval mode, with that file's metadata."""
-
-    model: nn.Module
-    meta: dict
-    path: Path
-
-    @property
-    def num_landmarks(self) -> int:
-        return int(self.meta["num_landmarks"])
-
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        return int(self.meta["input_hw"][0]), int(self.meta["input_hw"][1])
-
-    @property
-    def landmark_names(self) -> list[str]:
-        return [str(n) for n in self.meta["landmark_names"]]
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -94,79 +67,6 @@ class Prediction:
         return None if self.spacing_mm is None else self.landmarks_px * np.asarray(self.spacing_mm)
 
 
-def load_trained_model(path: str | Path, *, device: str | torch.device = "cpu",
-                       num_landmarks: int | None = None) -> TrainedModel:
-    """Rebuild the network a ``model.pt`` describes and load its weights (``weights_only=True``).
-
-    Args:
-        path: a model file written by the train stage (``{"model": state_dict, "meta": {...}}``).
-        device: where to put the network.
-        num_landmarks: when given, the model must predict exactly this many landmarks.
-
-    Raises:
-        DataError: naming the file, when it is not a trained model file, its metadata is incomplete, it is for
-            another number of landmarks, or its weights do not fit the network its metadata describes.
-    """
-    path = Path(path)
-    state = load_checkpoint(path, map_location="cpu")
-    meta = state.get("meta")
-    if not isinstance(meta, dict):
-        raise DataError(path, "no 'meta' entry: not a trained model file (use models/<run>/model.pt; the "
-                              "resumable state/checkpoint.pt cannot be used)")
-    for key in ("num_landmarks", "input_hw", "params"):
-        if key not in meta:
-            raise DataError(path, f"model metadata lacks {key!r}")
-    k = meta["num_landmarks"]
-    hw = meta["input_hw"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise DataError(path, f"model metadata num_landmarks {k!r} is not a positive integer")
-    if not (isinstance(hw, (list, tuple)) and len(hw) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw)):
-        raise DataError(path, f"model metadata input_hw {hw!r} is not two positive integers")
-    meta = dict(meta)
-    names = meta.get("landmark_names") or [f"L{i + 1}" for i in range(k)]
-    if len(names) != k:
-        raise DataError(path, f"model metadata has {len(names)} landmark names for {k} landmarks")
-    meta["landmark_names"] = list(names)
-    if num_landmarks is not None and k != num_landmarks:
-        raise DataError(path, f"model predicts {k} landmarks (dataset {meta.get('dataset')!r}), but "
-                              f"{num_landmarks} are expected here")
-    model = build_model(model_params(meta, path), k)
-    _load_weights(model, state["model"], path, k)
-    model.to(device).eval()
-    return TrainedModel(model=model, meta=meta, path=path)
-
-
-def model_params(meta: dict, path: str | Path = "<model>") -> ModelParams:
-    """The :class:`~farnet.config.ModelParams` a model was trained with, from its metadata.
-
-    ``pretrained`` is forced to "none": the weights come from the checkpoint, nothing is downloaded.
-    """
-    try:
-        raw = dict(meta["params"]["model"])
-        raw["pretrained"] = "none"
-        return params_from_dict({"model": raw}).model
-    except (KeyError, TypeError, ConfigError) as err:
-        raise DataError(path, f"model metadata params.model is unusable: {type(err).__name__}: {err}") from err
-
-
-def _load_weights(model: nn.Module, weights: dict, path: Path, k: int) -> None:
-    """load_state_dict with a message that names the mismatching tensors (e.g. another landmark count)."""
-    expected = model.state_dict()
-    if not isinstance(weights, dict):
-        raise DataError(path, "the 'model' entry is not a state dict")
-    mismatched = [f"{name}: file {tuple(weights[name].shape)} vs network {tuple(t.shape)}"
-                  for name, t in expected.items() if name in weights and hasattr(weights[name], "shape")
-                  and tuple(weights[name].shape) != tuple(t.shape)]
-    missing = [name for name in expected if name not in weights]
-    unexpected = [name for name in weights if name not in expected]
-    if mismatched or missing or unexpected:
-        details = "; ".join(mismatched[:3] + [f"missing {missing[:3]}"] * bool(missing)
-                            + [f"unexpected {unexpected[:3]}"] * bool(unexpected))
-        raise DataError(path, f"weights do not fit the network its metadata describes ({k} landmarks): {details}")
-    model.load_state_dict(weights)
-
-
 def resolve_spacing(header_mm: tuple[float, float] | None, argument_mm: float | None, meta: dict,
                     image_wh: tuple[int, int]) -> tuple[tuple[float, float] | None, str | None, str | None]:
     """(spacing (x, y) mm, its source, a warning or None): DICOM header, else ``--spacing-mm``, else the model's
@@ -176,7 +76,8 @@ def resolve_spacing(header_mm: tuple[float, float] | None, argument_mm: float | 
     if argument_mm is not None:
         return (argument_mm, argument_mm), "--spacing-mm", None
     dataset = meta.get("dataset")
-    default, original_wh = DATASET_SPACING_MM.get(dataset, (None, None))
+    spec = DATASETS.get(dataset)
+    default, original_wh = spec.spacing if spec is not None and spec.spacing else (None, None)
     if meta.get("spacing_mm"):
         default = float(meta["spacing_mm"])
     if default is None:

@@ -1,19 +1,31 @@
 """Argument parsing shared by the stage scripts: ``--params`` (default params.yaml), ``--run`` or ``--dataset``
-(the run is positional) where the stage is one of a ``foreach`` group, and one option per folder the stage reads or writes."""
+(the run is positional) where the stage is one of a ``foreach`` group, ``--resolved`` (the stage's own resolved
+parameters, written by the resolve stage) where it has one, and one option per folder the stage reads or writes."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
-from farnet.config import Params, load_params
+from farnet.config import Params, load_params, params_from_stage, stage_params
+from farnet.errors import ConfigError
 
 
 def parse(description: str, argv: Sequence[str] | None, *, run: bool = False, dataset: bool = False,
-          **paths: str) -> tuple[Params, argparse.Namespace]:
-    """Parse the stage's arguments and load its parameters (resolved for ``--run`` when the stage has one)."""
+          stage: str | None = None, **paths: str) -> tuple[Params, argparse.Namespace]:
+    """Parse the stage's arguments and load its parameters.
+
+    With ``stage`` ("prepare", "train", "evaluate") the parameters are the stage's own
+    (:func:`farnet.config.stage_params`): read from ``--resolved FILE`` (what DVC runs: the file is the stage's
+    dependency), else resolved from ``--params`` for ``--run``/``--dataset`` (a stage run by hand, or torchrun).
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if stage is not None:
+        parser.add_argument("--resolved", type=Path, default=None,
+                            help="this stage's resolved parameters (resolved/...json); default: from --params")
     if run:  # positional: torchrun's own parser would take `--run` as a prefix of its `--run-path`
         parser.add_argument("run", help="an entry of `runs` in the params file")
     if dataset:
@@ -21,4 +33,26 @@ def parse(description: str, argv: Sequence[str] | None, *, run: bool = False, da
     for name, default in paths.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default, help=f"default: {default}")
     args = parser.parse_args(argv)
-    return load_params(args.params, run=args.run if run else None), args
+    if stage is not None and args.resolved is not None:
+        params = _read_resolved(args.resolved)
+        if run and params.run != args.run:
+            raise ConfigError(f"{args.resolved}: resolved for run {params.run!r}, not {args.run!r}")
+        if dataset and args.dataset not in params.datasets:
+            raise ConfigError(f"{args.resolved}: resolved for dataset {sorted(params.datasets)}, not {args.dataset!r}")
+        return params, args
+    params = load_params(args.params, run=args.run if run else None)
+    if stage is not None:
+        params = params_from_stage(stage_params(params, stage, getattr(args, "dataset", None)), args.params)
+    return params, args
+
+
+def _read_resolved(path: Path) -> Params:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: resolved parameters not found (`dvc repro resolve` writes them)") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    return params_from_stage(raw, path)

@@ -11,9 +11,9 @@ from farnet.allocator import tune_malloc
 
 
 def main(argv=None) -> int:
-    from farnet.workflow import evaluate_run  # torch: imported after tune_malloc() has run
+    from farnet.stages.evaluate import evaluate_run  # torch: imported after tune_malloc() has run
 
-    params, args = parse(__doc__, argv, run=True, prepared="data/prepared", models="models", results="results")
+    params, args = parse(__doc__, argv, run=True, stage="evaluate", prepared="data/prepared", models="models", results="results")
     metrics = evaluate_run(params, Path(args.prepared), Path(args.models) / args.run, Path(args.results))
     for split, m in metrics.items():
         if "mre_mm" in m:

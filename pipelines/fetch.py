@@ -11,7 +11,7 @@ from pathlib import Path
 
 from _common import parse
 
-from farnet.workflow import fetch
+from farnet.stages.fetch import fetch
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,6 @@
-"""DVC stage `plots`: SDR curves, per-landmark errors, overlays, the EWC curve, training curves, ours vs paper."""
+"""DVC stage `plots`: SDR curves, per-landmark errors, overlays, the EWC curve, training curves, ours vs paper.
+
+The EWC curve (Fig. 4) is drawn with the α that Table 3's run was trained with, read from its run info."""
 
 from __future__ import annotations
 
@@ -7,12 +9,12 @@ from pathlib import Path
 
 from _common import parse
 
-from farnet.reporting import make_plots
+from farnet.report.figures import make_plots
 
 
 def main(argv=None) -> int:
-    params, args = parse(__doc__, argv, results="results", prepared="data/prepared")
-    for path in make_plots(params.loss.alpha, Path(args.results), Path(args.prepared)):
+    _, args = parse(__doc__, argv, results="results", prepared="data/prepared")
+    for path in make_plots(Path(args.results), Path(args.prepared)):
         print(f"wrote {path}")
     return 0
 

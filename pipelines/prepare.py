@@ -7,11 +7,11 @@ from pathlib import Path
 
 from _common import parse
 
-from farnet.workflow import prepare
+from farnet.stages.prepare import prepare
 
 
 def main(argv=None) -> int:
-    params, args = parse(__doc__, argv, dataset=True, raw="data/raw", prepared="data/prepared")
+    params, args = parse(__doc__, argv, dataset=True, stage="prepare", raw="data/raw", prepared="data/prepared")
     info = prepare(params, args.dataset, Path(args.raw), Path(args.prepared))
     print(f"prepared {args.dataset} at {tuple(info['input_hw'])}: {info['counts']}")
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from _common import parse
 
-from farnet.reporting import make_tables
+from farnet.report.tables import make_tables
 
 
 def main(argv=None) -> int:

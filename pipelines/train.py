@@ -12,9 +12,9 @@ from farnet.errors import TrainingInterrupted
 
 
 def main(argv=None) -> int:
-    from farnet.workflow import train_run  # torch: imported after tune_malloc() has run
+    from farnet.stages.train import train_run  # torch: imported after tune_malloc() has run
 
-    params, args = parse(__doc__, argv, run=True, prepared="data/prepared", models="models", train_logs="results/train")
+    params, args = parse(__doc__, argv, run=True, stage="train", prepared="data/prepared", models="models", train_logs="results/train")
     try:
         info = train_run(params, Path(args.prepared), Path(args.models) / args.run, Path(args.train_logs) / args.run)
     except TrainingInterrupted as exc:  # SIGINT/SIGTERM: a resumable checkpoint was saved; re-running resumes

@@ -1,9 +1,38 @@
 """Shared test fixtures: a two-head network and a dataset small enough to train in milliseconds."""
 
+import subprocess
+from pathlib import Path
+
 import torch
+import yaml
 from torch import nn
 
-from farnet.model import Heatmaps
+from farnet.inference import Heatmaps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def committed_params_text() -> str:
+    """The committed ``params.yaml`` (``git show HEAD:params.yaml``), not the workspace's: `dvc exp run -S ...`
+    rewrites the workspace file (e.g. ``profile: quick``), and tests must not depend on what an experiment
+    left there. Outside a git checkout, the file itself."""
+    try:
+        return subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return (ROOT / "params.yaml").read_text()
+
+
+def committed_params() -> dict:
+    """The committed ``params.yaml``, parsed (see :func:`committed_params_text`)."""
+    return yaml.safe_load(committed_params_text())
+
+
+def write_committed_params(tmp_path: Path) -> Path:
+    """A copy of the committed ``params.yaml`` that the test owns."""
+    path = tmp_path / "params.yaml"
+    path.write_text(committed_params_text())
+    return path
 
 
 class TinyNet(nn.Module):

@@ -75,7 +75,8 @@ def test_quick_report_numbers_are_positive(quick_report):
     assert len(compiled) == 1 and compiled[0]["status"] == "skipped" and "--quick" in compiled[0]["reason"]
 
 
-def test_ratios_to_the_authors_at_800x640_on_cpu():
+def test_ratios_to_the_authors_at_800x640_on_their_kind_of_cpu(monkeypatch):
+    monkeypatch.setattr(report, "cpu_isa", lambda: report.AUTHORS_CPU_ISA)
     results = {"fp32": {"status": "ok", "precision": "fp32",
                         "train": {"1": {"median_s": 16.0, "images_per_s": 1 / 16}},
                         "inference": {"1": {"median_s": 4.4, "images_per_s": 1 / 4.4}}},
@@ -94,6 +95,9 @@ def test_ratios_to_the_authors_at_800x640_on_cpu():
     assert r["paper_schedule_train_s"] == pytest.approx(45000 * 1.75)
     report.add_ratios(results, flops, peak, torch.device("cuda"), (800, 640))
     assert results["bf16"]["ratios"]["train_speedup_vs_authors"] is None  # CPU figures: not for a GPU
+    monkeypatch.setattr(report, "cpu_isa", lambda: "avx2")
+    report.add_ratios(results, flops, peak, torch.device("cpu"), (800, 640))
+    assert results["bf16"]["ratios"]["train_speedup_vs_authors"] is None  # nor for another CPU
 
 
 def test_data_path_from_a_prepared_cache(tmp_path):
@@ -161,3 +165,19 @@ def test_compile_child_results_are_kept_on_error_and_timeout():
     assert entry["train"]["1"]["median_s"] == 0.5 and entry["compile_s"] == {"train_1": 12.5}
     entry = compiled.run_compiled(path, {}, timeout_s=2, worker=_hangs)
     assert entry["status"] == "timeout" and "did not finish within 2 s" in entry["reason"]
+
+
+def test_profile_groups_a_steps_time_by_what_the_ops_do():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    x = torch.randn(1, 3, 32, 32)
+
+    def step():
+        y = torch.cat([conv(x), conv(x)], dim=1)
+        torch.nn.functional.interpolate(y, scale_factor=2.0, mode="bilinear").relu().sum().backward()
+
+    step()
+    prof = measure.profile_step(step, torch.device("cpu"), top=5)
+    assert {"convolution", "concatenation", "up-sampling"} <= set(prof["groups"])
+    assert sum(g["share"] for g in prof["groups"].values()) == pytest.approx(1.0)
+    assert prof["self_time_s"] == pytest.approx(sum(g["s"] for g in prof["groups"].values()))
+    assert len(prof["top_ops"]) == 5 and prof["top_ops"][0]["s"] >= prof["top_ops"][-1]["s"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from farnet.coords import rescale_points
 from farnet.data.cache import build_cache, load_cache
 from farnet.data.imageio import map_points, read_grayscale, resize_grayscale
 from farnet.data.isbi import Sample, read_isbi2015
@@ -148,11 +149,10 @@ def test_cache_build_load_round_trip(tmp_path):
     originals = np.stack([s.landmarks_px for s in samples])  # (N, K, 2)
     np.testing.assert_array_equal(cache.landmarks_original, originals)  # exact through JSON
     for i in range(len(cache)):
-        back = cache.to_original(cache.to_input(originals[i], i), i)
+        back = rescale_points(rescale_points(originals[i], 1 / cache.input_to_original[i]), cache.input_to_original[i])
         np.testing.assert_allclose(back, originals[i], rtol=0, atol=1e-6)
-        np.testing.assert_allclose(cache.to_original(cache.landmarks[i], i), originals[i], atol=1e-3)
-    batch = cache.to_original(cache.to_input(originals, np.arange(4)), np.arange(4))  # (B, K, 2)
-    np.testing.assert_allclose(batch, originals, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(rescale_points(cache.landmarks[i], cache.input_to_original[i]), originals[i],
+                                   atol=1e-3)
 
     np.testing.assert_array_equal(cache.spacing_mm[:3], 0.1)
     assert np.isnan(cache.spacing_mm[3])
@@ -218,9 +218,10 @@ def test_cache_on_mirror_image_001(mirror_root, tmp_path):
     mean = (np.array(rows[:19]) + np.array(rows[19:])) / 2  # (19, 2) original px
     x, y = mean[:, 0], mean[:, 1]
     expected = np.stack([((x + 0.5) * 0.5) * 640 / 968 - 0.5, ((y + 0.5) * 0.5) * 800 / 1200 - 0.5], axis=1)
-    np.testing.assert_allclose(cache.to_input(mean, 0), expected, rtol=0, atol=1e-9)
+    to_input = rescale_points(mean, 1 / cache.input_to_original[0])
+    np.testing.assert_allclose(to_input, expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(cache.landmarks[0], expected, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(cache.to_original(cache.to_input(mean, 0), 0), mean, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(rescale_points(to_input, cache.input_to_original[0]), mean, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(cache.landmarks_original[0], mean)
     np.testing.assert_allclose(cache.input_to_original[0], [968 / 320, 1200 / 400])
     assert cache.meta["source_files"] == ["001.jpg", "002.jpg"]

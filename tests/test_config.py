@@ -3,6 +3,7 @@ import yaml
 
 from farnet.config import Params, effective_dict, load_params, params_from_dict
 from farnet.errors import ConfigError
+from helpers import committed_params, write_committed_params
 
 
 def write(tmp_path, data):
@@ -11,8 +12,8 @@ def write(tmp_path, data):
     return path
 
 
-def test_project_params_load_as_the_paper_protocol():
-    p = load_params("params.yaml")
+def test_project_params_load_as_the_paper_protocol(tmp_path):
+    p = load_params(write_committed_params(tmp_path))
     assert p.profile == "paper"
     assert p.input_hw == (800, 640) and p.data.dataset == "isbi2015" and p.run is None
     assert p.datasets["hand_dha"].input_hw == (512, 512) and p.datasets["spine_boostnet"].input_hw == (1024, 512)
@@ -23,7 +24,7 @@ def test_project_params_load_as_the_paper_protocol():
 
 
 def test_quick_profile_merges_over_the_base():
-    raw = yaml.safe_load(open("params.yaml"))
+    raw = committed_params()
     raw["profile"] = "quick"
     p = params_from_dict(raw)
     assert p.input_hw == (320, 256)
@@ -42,7 +43,7 @@ def test_defaults_and_frozen():
 
 
 def test_runs_override_the_base_and_the_profile():
-    raw = yaml.safe_load(open("params.yaml"))
+    raw = committed_params()
     vgg = params_from_dict(raw, run="vgg16")
     assert vgg.run == "vgg16" and vgg.model.backbone == "vgg16" and vgg.train.epochs == 900
     assert vgg.loss.alpha == 40.0 and vgg.input_hw == (800, 640) and vgg.train.lr == 1e-4
@@ -51,7 +52,7 @@ def test_runs_override_the_base_and_the_profile():
     assert hand.dataset.augment == "payer" and hand.eval.sdr_radii_mm == (2.0, 4.0, 10.0)
     raw["profile"] = "quick"
     quick_vgg = params_from_dict(raw, run="vgg16")
-    assert quick_vgg.input_hw == (160, 128) and quick_vgg.train.epochs == 1 and quick_vgg.train.precision == "bf16"
+    assert quick_vgg.input_hw == (160, 128) and quick_vgg.train.epochs == 1 and quick_vgg.train.precision == "auto"
     assert params_from_dict(raw, run="farnet").input_hw == (320, 256)
     assert params_from_dict(raw, run="spine_fold3").input_hw == (256, 128)
 

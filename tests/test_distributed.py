@@ -15,7 +15,7 @@ from farnet import distributed
 from farnet.engine import TrainOptions, train
 from farnet.errors import TrainingDiverged
 from farnet.losses import ExponentialWeightedCenterLoss
-from farnet.model import Heatmaps
+from farnet.inference import Heatmaps
 
 WORLD_SIZE = 2
 OPTS = TrainOptions(epochs=2, sigma_px=2.0, lr=1e-2, batch_size=1, seed=7, checkpoint_every=1)

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from farnet import trained as trained_module
 from farnet import cli, export, predict
 from farnet.checkpoint import save_atomic
 from farnet.config import Params, effective_dict
 from farnet.errors import DataError, WriteError
-from farnet.model import Heatmaps
+from farnet.inference import Heatmaps
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -r requirements.txt)")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: the ONNX parity check cannot run")
@@ -58,7 +59,7 @@ def make_checkpoint(path, k=3, fine=True):
 @pytest.fixture
 def small(monkeypatch):
     variant = {"fine": True}
-    monkeypatch.setattr(predict, "build_model", lambda params, k: SmallNet(k, variant["fine"]))
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: SmallNet(k, variant["fine"]))
     return variant
 
 
@@ -84,7 +85,7 @@ def test_export_stores_metadata_and_matches_pytorch(tmp_path, small):
     got = session.run(["heatmaps"], {"image": image.numpy()})[0]
     trained = predict.load_trained_model(tmp_path / "model.pt")
     with torch.no_grad():
-        expected = export.HeatmapNetwork(trained.model, INPUT_HW).eval()(image).numpy()
+        expected = export.HeatmapNetwork(trained.model).eval()(image).numpy()
     assert got.shape == (3, 3, *INPUT_HW)
     np.testing.assert_allclose(got, expected, atol=1e-4 + 1e-3 * np.abs(expected).max(), rtol=0)
 

@@ -11,11 +11,11 @@ from torch import nn
 
 from farnet import fastpath
 from farnet.config import load_params, params_from_dict
-from farnet.engine import TrainOptions, autocast, build_optimizer, train, train_step
+from farnet.engine import TrainOptions, build_optimizer, train, train_step
 from farnet.errors import ConfigError
-from farnet.fastpath import FastPath, resolve, resolve_channels_last, resolve_precision
+from farnet.fastpath import FastPath, autocast, resolve, resolve_channels_last, resolve_precision
 from farnet.losses import ExponentialWeightedCenterLoss
-from helpers import RandomLandmarks, TinyNet
+from helpers import RandomLandmarks, TinyNet, write_committed_params
 
 
 @pytest.fixture(params=[True, False], ids=["bf16-hardware", "no-bf16"])
@@ -88,8 +88,8 @@ def test_config_rejects_other_values(data, match):
         params_from_dict(data)
 
 
-def test_project_params_use_the_fast_paths_by_default():
-    train_params = load_params("params.yaml").train
+def test_project_params_use_the_fast_paths_by_default(tmp_path):
+    train_params = load_params(write_committed_params(tmp_path)).train
     assert (train_params.precision, train_params.channels_last) == ("auto", "auto")
     assert params_from_dict({}).train.precision == "auto"  # the dataclass default agrees with params.yaml
 
@@ -139,7 +139,7 @@ def trained_on_001(mirror_root, tmp_path_factory):
     from farnet.config import LossParams, ModelParams
     from farnet.data.cache import build_cache, load_cache
     from farnet.data.isbi import read_isbi2015
-    from farnet.dataset import normalize
+    from farnet.inference import normalize
     from farnet.losses import build_loss
     from farnet.model import build_model
 
@@ -167,8 +167,8 @@ def trained_on_001(mirror_root, tmp_path_factory):
 
 
 def _heatmaps(model, images_u8, fast: FastPath) -> torch.Tensor:
-    from farnet.dataset import normalize
-    from farnet.model import final_heatmaps
+    from farnet.inference import normalize
+    from farnet.inference import final_heatmaps
 
     model.to(memory_format=fast.memory_format)
     x = normalize(torch.from_numpy(np.array(images_u8)).unsqueeze(1)).contiguous(memory_format=fast.memory_format)

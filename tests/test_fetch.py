@@ -20,7 +20,6 @@ from farnet.data import fetch
 from farnet.data.fetch import (
     copy_verified,
     fetch_isbi2015,
-    mirror_from_env,
     parse_figshare_files,
     safe_extract,
     sha256_file,
@@ -33,14 +32,16 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_sha256_file_and_mirror_from_env(tmp_path, monkeypatch):
+def test_sha256_file_and_mirror_root(tmp_path, monkeypatch):
+    from farnet.stages.fetch import mirror_root
+
     data = b"x" * (3 << 20) + b"tail"  # several chunks
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == _sha(data)
     monkeypatch.delenv("FARNET_DATA_MIRROR", raising=False)
-    assert mirror_from_env("isbi2015") is None
+    assert mirror_root() is None
     monkeypatch.setenv("FARNET_DATA_MIRROR", str(tmp_path))
-    assert mirror_from_env("isbi2015") == tmp_path / "isbi2015"
+    assert mirror_root() == tmp_path
 
 
 # ---- safe_extract -----------------------------------------------------------------------------------

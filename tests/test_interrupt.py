@@ -15,7 +15,7 @@ from farnet.engine import TrainOptions, train
 from farnet.errors import TrainingInterrupted
 from farnet.interrupt import StopOnSignal, stop_requested
 from farnet.losses import ExponentialWeightedCenterLoss
-from farnet.model import Heatmaps
+from farnet.inference import Heatmaps
 
 
 
@@ -122,7 +122,7 @@ SCRIPT = textwrap.dedent('''
     from farnet.engine import TrainOptions, train
     from farnet.errors import TrainingInterrupted
     from farnet.losses import ExponentialWeightedCenterLoss
-    from farnet.model import Heatmaps
+    from farnet.inference import Heatmaps
 
     class Tiny(torch.nn.Module):
         def __init__(self, k=2):

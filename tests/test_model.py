@@ -4,7 +4,8 @@ import torch
 from farnet.backbone import Backbone
 from farnet.engine import heatmap_loss
 from farnet.losses import ExponentialWeightedCenterLoss
-from farnet.model import FARNet, final_heatmaps
+from farnet.inference import final_heatmaps
+from farnet.model import FARNet
 from farnet.msfa import MultiScaleFeatureAggregation
 
 K = 5

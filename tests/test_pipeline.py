@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from helpers import committed_params
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -23,28 +25,27 @@ def _body(stage):
     return STAGES[stage]["do"] if "do" in STAGES[stage] else STAGES[stage]
 
 
-def test_every_stage_script_and_dependency_exists():
+def test_every_stage_script_exists():
     for name in STAGES:
-        body = _body(name)
-        script = body["cmd"].split()[1]
+        script = _body(name)["cmd"].split()[1]
         assert (ROOT / script).is_file(), f"{name}: {script}"
-        for dep in body.get("deps", []):
-            if not dep.startswith(("data/", "models/", "results/")):  # produced by earlier stages
-                assert (ROOT / dep).exists(), f"{name}: {dep}"
 
 
-def test_loss_alpha_reaches_training_but_not_data_stages():
-    """`dvc exp run -S loss.alpha=20` must re-run training (and what depends on it), never fetch or prepare."""
-    roots = lambda stage: {p.split(".")[0] for p in _params(stage)}  # noqa: E731
-    assert "loss" not in roots("fetch") | roots("prepare")
-    assert "loss" in roots("train")
+def test_only_resolve_and_fetch_read_params_yaml():
+    """The other stages depend on their own resolved values (tests/test_resolve.py), never on whole sections."""
+    assert {name for name in STAGES if _params(name)} == {"resolve", "fetch"}
+    assert _params("fetch") == {"datasets.${key}"}  # where to fetch from, not the profile's sizes
+    assert {"profile", "profiles", "loss", "runs"} <= _params("resolve")
+    for stage, resolved in (("train", "resolved/${key}/train.json"), ("evaluate", "resolved/${key}/evaluate.json"),
+                            ("prepare", "resolved/datasets/${key}.json")):
+        assert resolved in _body(stage)["deps"] and f"--resolved {resolved}" in _body(stage)["cmd"]
     assert "models/${key}/model.pt" in _body("evaluate")["deps"]
 
 
 def test_every_run_and_dataset_resolves():
     from farnet.config import load_params
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = committed_params()
     assert set(raw["datasets"]) == {"isbi2015", "hand_dha", "spine_boostnet"}
     for profile in ("paper", *raw["profiles"]):
         raw["profile"] = profile
@@ -72,7 +73,7 @@ def _run(script, *args, env):
 @pytest.mark.mirror
 @pytest.mark.slow
 def test_stages_end_to_end_on_real_images(mirror_root, tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = committed_params()
     params["profile"] = "tiny"
     params["profiles"]["tiny"] = {"datasets": {"isbi2015": {"input_hw": [64, 64]}},
                                   "data": {"train_limit": 2}, "heatmap": {"sigma_px": 1.5},
@@ -85,8 +86,11 @@ def test_stages_end_to_end_on_real_images(mirror_root, tmp_path):
     assert "400 images from mirror" in _run("fetch", "--params", p, "--dataset", "isbi2015", "--raw", raw, env=env)
     assert "'train': 150, 'test1': 150, 'test2': 100" in _run("prepare", "--params", p, "--dataset", "isbi2015",
                                                               "--raw", raw, "--prepared", prepared, env=env)
-    _run("train", "farnet", "--params", p, "--prepared", prepared, "--models", models,
-         "--train-logs", results / "train", env=env)
+    assert "resolved" in _run("resolve", "--params", p, "--out", tmp_path / "resolved", env=env)
+    # as DVC runs it: from the run's own resolved values (evaluate below resolves from --params, as by hand)
+    _run("train", "farnet", "--resolved", tmp_path / "resolved/farnet/train.json", "--prepared", prepared,
+         "--models", models, "--train-logs", results / "train", env=env)
+    assert not any((models / "farnet" / "state").iterdir())  # a finished run keeps its model, not its state
     if platform.libc_ver()[0] == "glibc" and env.get("FARNET_TUNE_MALLOC") != "0":  # the stage re-executed itself
         assert json.loads((models / "farnet" / "train_info.json").read_text())["malloc"].startswith("tuned (")
     state = torch.load(models / "farnet" / "model.pt", weights_only=True)

@@ -10,14 +10,15 @@ import torch
 from PIL import Image
 from torch import nn
 
+from farnet import trained as trained_module
 from farnet import cli, predict
 from farnet.checkpoint import save_atomic
 from farnet.config import Params, effective_dict
 from farnet.data.imageio import read_image_with_spacing, resize_grayscale
-from farnet.dataset import IMAGENET_MEAN, IMAGENET_STD
+from farnet.inference import IMAGENET_MEAN, IMAGENET_STD
 from farnet.errors import DataError
 from farnet.heatmaps import encode_heatmaps
-from farnet.model import Heatmaps
+from farnet.inference import Heatmaps
 
 INPUT_HW = (48, 64)  # (H_in, W_in)
 ORIGINAL_WH = (150, 110)  # (W, H): both axes scaled by a different, non-integer factor
@@ -76,13 +77,13 @@ def oracle(monkeypatch):
         holder["net"] = OracleNet(k)
         return holder["net"]
 
-    monkeypatch.setattr(predict, "build_model", build)
+    monkeypatch.setattr(trained_module, "build_model", build)
     return holder
 
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(predict, "build_model", lambda params, k: TinyNet(k))
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: TinyNet(k))
 
 
 def make_image():
@@ -304,7 +305,7 @@ def test_model_is_built_from_checkpoint_meta_not_params_yaml(tmp_path, monkeypat
         seen["params"], seen["k"] = params, k
         return TinyNet(k)
 
-    monkeypatch.setattr(predict, "build_model", build)
+    monkeypatch.setattr(trained_module, "build_model", build)
     raw = effective_dict(Params())
     raw["model"].update(backbone="vgg16", fusion="add", pretrained="imagenet")
     net = TinyNet(5)

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from farnet import trained as trained_module
 from farnet import cli, predict
 from farnet.checkpoint import load_checkpoint, save_atomic
 from farnet.fileio import write_json
-from farnet.data.fetch import fetch_isbi2015, mirror_from_env
+from farnet.data.fetch import fetch_isbi2015
 from farnet.data.imageio import read_grayscale, read_image_with_spacing
 from farnet.data.isbi import read_annotation, read_isbi2015
 from farnet.engine import TrainOptions, train
@@ -122,7 +123,7 @@ def test_bad_annotation_lines(tmp_path, text, line, message):
 # ---- checkpoints and models --------------------------------------------------------------------------------------
 
 def test_a_checkpoint_for_another_landmark_count(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "build_model", lambda params, k: TinyNet(k))
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: TinyNet(k))
     write_model(tmp_path / "hand.pt", k=37, dataset="hand_dha")
     with pytest.raises(DataError, match=r"hand\.pt: model predicts 37 landmarks \(dataset 'hand_dha'\), but 19"):
         predict.load_trained_model(tmp_path / "hand.pt", num_landmarks=19)
@@ -157,8 +158,8 @@ def test_bad_checkpoint_files(tmp_path):
 def test_a_mirror_pointing_nowhere(tmp_path, monkeypatch):
     monkeypatch.setenv("FARNET_DATA_MIRROR", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match=r"nowhere/isbi2015: mirror folder not found"):
-        fetch_isbi2015(tmp_path / "raw", mirror_from_env("isbi2015"), progress=False)
-    from farnet.workflow import mirror_root
+        fetch_isbi2015(tmp_path / "raw", tmp_path / "nowhere" / "isbi2015", progress=False)
+    from farnet.stages.fetch import mirror_root
 
     with pytest.raises(DataError, match="nowhere: FARNET_DATA_MIRROR names a folder that does not exist"):
         mirror_root()
@@ -217,7 +218,7 @@ def test_disk_full_during_training_keeps_the_last_good_checkpoint(tmp_path, monk
 
 @pytest.mark.parametrize("failing", ["csv", "json", "overlay"])
 def test_disk_full_while_writing_predictions_leaves_no_partial_file(tmp_path, monkeypatch, failing):
-    monkeypatch.setattr(predict, "build_model", lambda params, k: TinyNet(k))
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: TinyNet(k))
     Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "img.png")
     ckpt = write_model(tmp_path / "model.pt", k=2)
     out = tmp_path / "out"
@@ -248,7 +249,7 @@ def test_disk_full_while_writing_predictions_leaves_no_partial_file(tmp_path, mo
 
 
 def test_interrupted_prediction_write_leaves_no_temporary(tmp_path, monkeypatch):
-    monkeypatch.setattr(predict, "build_model", lambda params, k: TinyNet(k))
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: TinyNet(k))
     Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "img.png")
     ckpt = write_model(tmp_path / "model.pt", k=2)
 

@@ -11,6 +11,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from farnet.config import DatasetParams
+from farnet.data.registry import get_dataset
 from farnet.data.spine import (
     CORNERS,
     LANDMARK_NAMES,
@@ -20,7 +22,6 @@ from farnet.data.spine import (
     read_fractional_landmarks,
     read_spine,
     read_spine_mat,
-    read_spine_split,
     spine_splits,
 )
 from farnet.errors import DataError
@@ -221,7 +222,7 @@ def test_mirror_p2_agrees_with_fractional_table(spine_mirror):
 @pytest.mark.mirror
 def test_mirror_read_all(spine_mirror):
     training = read_spine(spine_mirror, "training")
-    aasce = read_spine_split(spine_mirror, "aasce_test", seed=0)
+    aasce = read_spine(spine_mirror, "test")
     assert len(training) == 481 and len(aasce) == 128
     assert len({s.image_id for s in training + aasce}) == 609
     assert all(s.landmarks_px.shape == (68, 2) for s in training + aasce)
@@ -232,4 +233,5 @@ def test_mirror_read_all(spine_mirror):
     assert len(angles) == 128 and all(a.shape == (3,) for a in angles.values())
     splits = spine_splits([s.image_id for s in training], seed=0)
     assert len(splits["test"]) == 50 and len(splits["trainval"]) == 431
-    assert len(read_spine_split(spine_mirror, "fold1_val", seed=0)) == len(splits["fold1_val"])
+    _, registry_splits, _ = get_dataset("spine_boostnet").read(spine_mirror, DatasetParams(split_seed=0))
+    assert registry_splits["fold1_val"] == splits["fold1_val"] and len(registry_splits["aasce_test"]) == 128

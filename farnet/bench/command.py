@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from farnet import provenance
+from farnet.report import provenance
 from farnet.allocator import malloc_setting
 from farnet.bench.compiled import graphed_inference, graphed_train_step, run_compiled
 from farnet.bench.measure import (BenchPath, bench_paths, count_flops, describe, eager_inference, eager_train_step,
-                                  make_model, measure_conv_peak, measure_data, memory_kind, path_settings, release,
-                                  timed)
-from farnet.bench.report import (AUTHORS_CPU_INFERENCE_S, AUTHORS_CPU_TRAIN_STEP_S, AUTHORS_FORWARD_GFLOP,
-                                 AUTHORS_REFERENCE, AUTHORS_STEP_GFLOP, SCHEMA_VERSION, add_ratios, device_name,
+                                  make_model, measure_conv_peak, measure_data, memory_kind, path_settings,
+                                  profile_step, release, timed)
+from farnet.bench.report import (AUTHORS_CPU_INFERENCE_S, AUTHORS_CPU_ISA, AUTHORS_CPU_TRAIN_STEP_S, AUTHORS_FORWARD_GFLOP,
+                                 AUTHORS_REFERENCE, AUTHORS_STEP_GFLOP, SCHEMA_VERSION, add_ratios, cpu_isa, device_name,
                                  device_peak, device_slug, markdown_table, write_report)
 from farnet.errors import ConfigError
 from farnet.fastpath import bf16_native, resolve, tune_backends
@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's bf16 peak in TFLOP/s for the fractions and the floor (default: measured "
                              "in the same run on a large 3x3 convolution)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one batch-1 training step and inference per eager path (where the time goes)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 160x128, 1 warm-up, 2 repeats, batches 1 2, no torch.compile")
     parser.add_argument("--out", type=Path, default=None,
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                            repeats=repeats, backbone=args.backbone, num_landmarks=args.num_landmarks, paths=paths,
                            cache=args.cache, data_steps=args.data_steps, num_workers=args.num_workers,
                            compile_timeout_s=args.compile_timeout, peak_tflops=args.peak_tflops, quick=args.quick,
+                           profile=args.profile,
                            log=lambda message: print(message, flush=True),
                            save=lambda partial: write_report(partial, markdown_table(partial), out))
     print(markdown_table(report))
@@ -110,7 +113,7 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
                   paths: list[BenchPath | tuple[str, str]] | None = None,
                   cache: Path | None = None, data_steps: int = 30, num_workers: int = 0,
                   compile_timeout_s: float = 1200.0, peak_tflops: float | None = None, quick: bool = False,
-                  log: Callable[[str], None] = lambda message: None,
+                  profile: bool = False, log: Callable[[str], None] = lambda message: None,
                   save: Callable[[dict], None] = lambda report: None) -> dict:
     """Time every path and return the report (the JSON document ``farnet bench`` writes); ``save`` is called
     with the report so far after each path and at the end."""
@@ -118,7 +121,7 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
     paths = bench_paths(device) if paths is None else paths
     spec = {"device": str(device), "size_hw": list(size_hw), "batches": list(batches), "warmup": warmup,
             "repeats": repeats, "backbone": backbone, "num_landmarks": num_landmarks,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "profile": profile}
     peak = device_peak(device, measure_conv_peak(device, repeats=2 if quick else 5), peak_tflops)
     auto = resolve("auto", "auto", device)
     log(f"farnet bench on {device_name(device)}: {size_hw[0]}x{size_hw[1]}, batches {batches}, "
@@ -149,9 +152,9 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
                       "authors_cpu_inference_s": AUTHORS_CPU_INFERENCE_S,
                       "authors_step_gflop": AUTHORS_STEP_GFLOP, "authors_forward_gflop": AUTHORS_FORWARD_GFLOP,
                       "source": AUTHORS_REFERENCE,
-                      "applies": device.type == "cpu",
-                      "note": "ratios to the authors' figures are given on CPU only: those figures were measured on "
-                              "the project's 2-core CPU and mean something only there"},
+                      "applies": device.type == "cpu" and cpu_isa() == AUTHORS_CPU_ISA,
+                      "note": "ratios to the authors' figures are given only on a CPU like the one they were "
+                              f"measured on ({AUTHORS_CPU_ISA}, 2 cores) at 800x640: they mean something only there"},
         "paths": results,
         "data": None,
         "complete": False,  # True once every path has run: a report saved on the way says so
@@ -185,11 +188,17 @@ def measure_path(path: BenchPath, spec: dict, log: Callable[[str], None] = lambd
             step = (graphed_train_step if path.cuda_graphs else eager_train_step)(model, path.fast, spec, batch)
             entry["train"][str(batch)] = timed(step, spec, device, batch)
             log(f"   train     batch {batch}: {describe(entry['train'][str(batch)])}")
+            if spec.get("profile") and batch == 1 and not path.cuda_graphs:
+                entry["profile_train"] = profile_step(step, device)
+                log("   train profile: " + _shares(entry["profile_train"]))
             del step, model
             model = make_model(spec, device, path)
             infer = (graphed_inference if path.cuda_graphs else eager_inference)(model, path.fast, spec, batch)
             entry["inference"][str(batch)] = timed(infer, spec, device, batch)
             log(f"   inference batch {batch}: {describe(entry['inference'][str(batch)])}")
+            if spec.get("profile") and batch == 1 and not path.cuda_graphs:
+                entry["profile_inference"] = profile_step(infer, device)
+                log("   inference profile: " + _shares(entry["profile_inference"]))
             del infer, model
     # one failing path (e.g. out of memory at a large batch) must not lose the others
     except Exception as exc:  # noqa: BLE001
@@ -197,3 +206,7 @@ def measure_path(path: BenchPath, spec: dict, log: Callable[[str], None] = lambd
         log(f"   {entry['status']}: {entry['reason']}")
     release(device)
     return entry
+
+
+def _shares(profile: dict) -> str:
+    return ", ".join(f"{g} {100 * v['share']:.0f} %" for g, v in profile["groups"].items())

@@ -36,7 +36,7 @@ def graphed_train_step(model, fast: FastPath, spec: dict, batch: int) -> Callabl
     The documented whole-network capture: warm-up on a side stream, gradients set to None before capture so they
     are allocated from the graph's pool, Adam with ``capturable=True``, autocast without its weight cache.
     """
-    from farnet.dataset import normalize
+    from farnet.inference import normalize
     from farnet.losses import build_loss
 
     device = torch.device(spec["device"])
@@ -86,22 +86,17 @@ def graphed_inference(model, fast: FastPath, spec: dict, batch: int,
     Returns:
         A function that predicts the landmarks (B, K, 2) of ``images`` in input pixels, on the host.
     """
-    from farnet.dataset import normalize
     from farnet.heatmaps import decode_argmax
-    from farnet.model import final_heatmaps
+    from farnet.inference import HeatmapNetwork
 
     device = torch.device(spec["device"])
     host_images = (make_inputs(spec, batch, torch.device("cpu"))[0] if images is None else images).pin_memory()
     static_images = host_images.to(device)
-    hw = tuple(static_images.shape[-2:])
-    model.eval()
+    network = HeatmapNetwork(model.eval(), fast.precision, fast.channels_last, cache_enabled=False)
 
     @torch.no_grad()
     def body() -> torch.Tensor:
-        x = normalize(static_images).contiguous(memory_format=fast.memory_format)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast.precision == "bf16", cache_enabled=False):
-            heads = model(x)
-        return decode_argmax(final_heatmaps(heads, hw).float())
+        return decode_argmax(network(static_images))
 
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))

@@ -23,8 +23,8 @@ from typing import Self
 import torch
 
 from farnet.config import LossParams, ModelParams
-from farnet.engine import TrainOptions, autocast, build_optimizer, make_loader, train_step
-from farnet.fastpath import FastPath, resolve
+from farnet.engine import TrainOptions, build_optimizer, make_loader, train_step
+from farnet.fastpath import FastPath, autocast, resolve
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,42 @@ def measure_conv_peak(device: torch.device, repeats: int = 5, warmup: int = 2) -
     return result
 
 
+# Where a step's time goes: aten ops grouped by what they do (first match wins)
+OP_GROUPS = (
+    ("convolution", ("conv", "mkldnn_convolution")),
+    ("batch norm", ("batch_norm",)),
+    ("concatenation", ("aten::cat",)),
+    ("up-sampling", ("upsample",)),
+    ("optimizer (Adam)", ("_foreach", "adam", "addcdiv", "addcmul", "lerp")),
+    ("layout and copies", ("copy_", "contiguous", "clone", "aten::to", "_to_copy", "empty_like", "as_strided")),
+    ("activations", ("relu", "threshold")),
+)
+
+
+def profile_step(fn: Callable[[], None], device: torch.device, top: int = 15) -> dict:
+    """One run of ``fn`` (after the caller's warm-up) under ``torch.profiler``: self time per op group and the
+    ``top`` ops, each in seconds and as a share of the total self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::") or "mkldnn" in e.key]
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    times = {e.key: getattr(e, attr) / 1e6 for e in events}
+    total = sum(times.values()) or 1.0
+    groups: dict[str, float] = {}
+    for key, seconds in times.items():
+        group = next((name for name, needles in OP_GROUPS if any(n in key.lower() for n in needles)), "other")
+        groups[group] = groups.get(group, 0.0) + seconds
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])[:top]
+    return {"self_time_s": total,
+            "groups": {g: {"s": s, "share": s / total} for g, s in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": k, "s": s, "share": s / total} for k, s in ranked],
+            "method": f"torch.profiler, one run after warm-up; {attr} of aten ops"}
+
+
 def count_flops(spec: dict, fast: FastPath) -> dict:
     """FLOPs of one image's forward pass and training step (forward + backward), by ``FlopCounterMode``.
 
@@ -198,7 +234,7 @@ def count_flops(spec: dict, fast: FastPath) -> dict:
         step()
     train_flops = counter.get_total_flops()
     images = make_inputs(spec, 1, device)[0]
-    from farnet.dataset import normalize
+    from farnet.inference import normalize
 
     model.eval()
     with torch.no_grad(), autocast(device, fast.precision), FlopCounterMode(display=False) as counter:
@@ -283,7 +319,7 @@ def measure_data(cache_dir: Path, device: torch.device, num_workers: int, steps:
     """Time the engine's data path (:func:`farnet.engine.make_loader`) from a prepared cache: each batch from
     the DataLoader to the device, with nothing else running (what a training step would wait at most)."""
     from farnet.data.cache import load_cache
-    from farnet.dataset import LandmarkDataset
+    from farnet.data.torch_dataset import LandmarkDataset
 
     cache = load_cache(cache_dir)
     dataset = LandmarkDataset(cache.images, cache.landmarks)

@@ -19,6 +19,7 @@ import torch
 
 # The authors' implementation, fp32 eager, on the project's 2-core AVX-512/bf16 CPU at 800×640 with a tuned
 # malloc, as `farnet bench` runs (DESIGN §7). Measured on that machine only: the ratios mean something there alone.
+AUTHORS_CPU_ISA = "avx512-bf16"  # the vector unit of the CPU they were measured on (AMD EPYC, 2 cores)
 AUTHORS_CPU_TRAIN_STEP_S = 7.0
 AUTHORS_CPU_INFERENCE_S = 2.2
 AUTHORS_REFERENCE = ("DESIGN §7: the authors' implementation, fp32 eager, at 800x640, batch 1, on the project's "
@@ -127,7 +128,7 @@ def add_ratios(results: dict, flops: dict, peak: dict, device: torch.device, siz
         return m["median_s"] if m else None
 
     base = results.get("fp32", {})
-    authors = device.type == "cpu" and tuple(size_hw) == (800, 640)
+    authors = device.type == "cpu" and tuple(size_hw) == (800, 640) and cpu_isa() == AUTHORS_CPU_ISA
     floor_peak = peak.get("bf16_flops_per_s")
     for path in results.values():
         if path.get("status") == "skipped":
@@ -241,7 +242,7 @@ def markdown_table(report: dict) -> str:
         "",
         ("×fp32: speed-up over our fp32 at batch 1; ×authors: speed-up over the authors' implementation "
          f"(fp32 eager, {AUTHORS_CPU_TRAIN_STEP_S:g} s per step, {AUTHORS_CPU_INFERENCE_S:g} s per inference "
-         "on the project's 2-core CPU with a tuned malloc, DESIGN §7; given on CPU "
+         f"on the project's 2-core {AUTHORS_CPU_ISA} CPU with a tuned malloc, DESIGN §7; given on such a CPU "
          "at 800×640 only)."),
         f"Peak: {peak['source']}. Memory: {s['memory']}.",
     ]

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from farnet.data.imageio import read_grayscale, resize_grayscale
+from farnet.coords import rescale_points
 from farnet.data.sample import Sample
 from farnet.errors import DataError
 
@@ -38,16 +39,6 @@ def input_to_original_scale(sample: Sample, input_hw: tuple[int, int]) -> tuple[
     scale_x, scale_y = sample.stored_scale_xy
     stored_w, stored_h = sample.stored_wh
     return stored_w / (scale_x * input_hw[1]), stored_h / (scale_y * input_hw[0])
-
-
-def _apply(points: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """(points + 0.5)·a − 0.5 with a (2,) or (B, 2) broadcast against points (..., 2) / (B, ..., 2)."""
-    points = np.asarray(points, dtype=np.float64)
-    if points.ndim == 0 or points.shape[-1] != 2:
-        raise ValueError(f"expected points of shape (..., 2), got {points.shape}")
-    if a.ndim == 2:  # one row per leading item
-        a = a.reshape(a.shape[:1] + (1,) * (points.ndim - 2) + (2,))
-    return (points + 0.5) * a - 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,15 +71,6 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def to_original(self, points_in: np.ndarray, index: int | np.ndarray) -> np.ndarray:
-        """Map (..., K, 2) input-pixel points of image ``index`` (or (B, K, 2) of images ``index`` (B,)) to
-        original pixels, float64."""
-        return _apply(points_in, self.input_to_original[np.asarray(index)])
-
-    def to_input(self, points_orig: np.ndarray, index: int | np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`to_original`: original pixels to input pixels, float64."""
-        return _apply(points_orig, 1.0 / self.input_to_original[np.asarray(index)])
 
 
 def build_cache(samples: Sequence[Sample], out_dir: str | Path, input_hw: tuple[int, int],
@@ -130,7 +112,7 @@ def build_cache(samples: Sequence[Sample], out_dir: str | Path, input_hw: tuple[
         landmarks_original = np.stack([s.landmarks_px for s in samples]).astype(np.float64)  # (N, K, 2)
         to_input = np.array([[s.stored_scale_xy[0] * width / s.stored_wh[0],
                               s.stored_scale_xy[1] * height / s.stored_wh[1]] for s in samples])  # (N, 2)
-        landmarks_in = (landmarks_original + 0.5) * to_input[:, None, :] - 0.5  # (N, K, 2)
+        landmarks_in = rescale_points(landmarks_original, to_input[:, None, :])  # (N, K, 2)
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(samples), height, width))  # (N, H, W)
         for i, s in enumerate(tqdm(samples, desc="prepare", unit="img", disable=not progress)):

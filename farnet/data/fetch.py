@@ -32,7 +32,6 @@ from farnet.fileio import write_json
 __all__ = [
     "MIRROR_ENV",
     "FIGSHARE_ARTICLE_ISBI2015",
-    "mirror_from_env",
     "sha256_file",
     "safe_extract",
     "copy_verified",
@@ -46,12 +45,6 @@ FIGSHARE_API = "https://api.figshare.com/v2/articles/{article}/files"
 ISBI2015_ARCHIVES = ("RawImage.rar", "AnnotationsByMD.rar")
 _CHUNK = 1 << 20  # 1 MiB
 _MAX_LINK_HOPS = 40  # like the kernel's limit on nested symlinks
-
-
-def mirror_from_env(dataset: str) -> Path | None:
-    """The mirror folder of one dataset, ``$FARNET_DATA_MIRROR/<dataset>``, or None when the variable is unset."""
-    root = os.environ.get(MIRROR_ENV)
-    return Path(root) / dataset if root else None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -401,7 +394,7 @@ def fetch_isbi2015(dest: str | Path, mirror: str | Path | None = None, *, ids: I
                    progress: bool = True) -> dict:
     """Fetch the ISBI 2015 cephalometric dataset into dest (DESIGN §2.1).
 
-    With a mirror (callers pass ``mirror_from_env("isbi2015")``), copies every image and both annotation
+    With a mirror (``$FARNET_DATA_MIRROR/isbi2015``, :func:`farnet.stages.fetch.mirror_root`), copies every image and both annotation
     files listed in the mirror's ``MANIFEST.json``, plus the manifest, checking each sha256. Without one,
     downloads ``RawImage.rar`` and ``AnnotationsByMD.rar`` from figshare article 3471833 (md5-checked) and
     extracts them (needs ``rarfile``). Writes ``dest/FETCHED.json``: the summary plus every file's sha256.

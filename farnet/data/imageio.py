@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from farnet.coords import rescale_points
 from farnet.errors import DataError
 
 __all__ = ["read_grayscale", "read_image_with_spacing", "read_image_size", "resize_grayscale", "map_points",
@@ -303,7 +304,7 @@ def map_points(points_xy: np.ndarray, src_wh: tuple[float, float], dst_wh: tuple
         raise ValueError(f"expected points of shape (..., 2), got {points.shape}")
     src = np.asarray(_check_size(src_wh, "src_wh", integral=False), dtype=np.float64)
     dst = np.asarray(_check_size(dst_wh, "dst_wh", integral=False), dtype=np.float64)
-    return (points + 0.5) * (dst / src) - 0.5
+    return rescale_points(points, dst / src)
 
 
 def _check_size(size: tuple, name: str, integral: bool = True) -> tuple:

@@ -48,7 +48,6 @@ __all__ = [
     "read_spine",
     "read_angles",
     "spine_splits",
-    "read_spine_split",
     "fetch_spine",
 ]
 
@@ -259,19 +258,6 @@ def spine_splits(ids: Iterable[str], seed: int, n_test: int = 50, n_folds: int =
         splits[f"fold{k}_train"] = sorted(i for i in trainval if i not in val_set)
         splits[f"fold{k}_val"] = sorted(val_set)
     return splits
-
-
-def read_spine_split(root: str | Path, split: str, seed: int, n_test: int = 50,
-                     n_folds: int = 5) -> list[Sample]:
-    """The samples of one protocol split: "test", "trainval", "fold{k}_train", "fold{k}_val" (of the 481)
-    or "aasce_test" (the 128 further images)."""
-    if split == "aasce_test":
-        return read_spine(root, "test")
-    all_ids = [_image_id(n) for n in read_spine_filenames(root, "training")]
-    splits = spine_splits(all_ids, seed, n_test, n_folds)
-    if split not in splits:
-        raise ValueError(f"split must be one of {sorted(splits) + ['aasce_test']}, got {split!r}")
-    return read_spine(root, "training", ids=splits[split])
 
 
 def fetch_spine(dest: str | Path, mirror: str | Path | None, *, progress: bool = True) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from farnet.data.cache import load_cache
+from farnet.coords import rescale_points
 from farnet.data.imageio import resize_grayscale
 from farnet.errors import DataError
 
@@ -53,7 +54,7 @@ class SplitView:
 
     def to_original(self, points_in: np.ndarray) -> np.ndarray:
         """(N, K, 2) input-pixel points of every image of the split -> original pixels (float64)."""
-        return (np.asarray(points_in, dtype=np.float64) + 0.5) * self.input_to_original[:, None, :] - 0.5
+        return rescale_points(np.asarray(points_in, dtype=np.float64), self.input_to_original[:, None, :])
 
 
 def read_dataset_info(prepared_dir: str | Path) -> dict:
@@ -90,7 +91,7 @@ def load_split(prepared_dir: str | Path, split: str, input_hw: tuple[int, int] |
         h, w = cache.input_hw
         scale *= np.array([w / input_hw[1], h / input_hw[0]])
     original = cache.landmarks_original[index]  # (N, K, 2)
-    landmarks = ((original + 0.5) / scale[:, None, :] - 0.5).astype(np.float32)
+    landmarks = rescale_points(original, 1 / scale[:, None, :]).astype(np.float32)
     return SplitView(split=split, ids=ids, images=images, landmarks=landmarks, input_to_original=scale,
                      landmarks_original=original, spacing_mm=cache.spacing_mm[index],
                      original_wh=cache.original_wh[index], landmark_names=tuple(info["landmark_names"]))

@@ -1,6 +1,6 @@
 """Torch view of a prepared cache: uint8 images and landmarks at the network's input size.
 
-Images stay uint8 until they reach the device, where :func:`normalize` scales them to [0, 1], replicates the
+Images stay uint8 until they reach the device, where :func:`farnet.inference.normalize` scales them to [0, 1], replicates the
 grey channel to 3 and applies the ImageNet mean/std (DESIGN §2.2). Keeping the cache memory-mapped means a
 training run never decodes a full-size file.
 """
@@ -11,8 +11,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class LandmarkDataset(Dataset):
@@ -25,21 +23,18 @@ class LandmarkDataset(Dataset):
     Args:
         images: (N, H, W) uint8 array, typically memory-mapped.
         landmarks: (N, K, 2) float32 input-pixel coordinates.
-        limit: keep only the first ``limit`` items (reduced profiles).
         augment: "none", or the name of a landmark-preserving augmentation (:mod:`farnet.augment`).
         seed: the run's seed.
     """
 
-    def __init__(self, images: np.ndarray, landmarks: np.ndarray, limit: int | None = None, augment: str = "none",
-                 seed: int = 0):
+    def __init__(self, images: np.ndarray, landmarks: np.ndarray, augment: str = "none", seed: int = 0):
         if images.ndim != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be (N, H, W) uint8, got {images.shape} {images.dtype}")
         if landmarks.ndim != 3 or landmarks.shape[0] != images.shape[0] or landmarks.shape[2] != 2:
             raise ValueError(f"landmarks must be (N, K, 2) with N = {images.shape[0]}, got {landmarks.shape}")
-        n = images.shape[0] if limit is None else min(limit, images.shape[0])
         self.images = images
         self.landmarks = landmarks
-        self.n = n
+        self.n = images.shape[0]
         self.seed = seed
         self.epoch = 0
         self.augment = None
@@ -64,11 +59,3 @@ class LandmarkDataset(Dataset):
 
             image, points = self.augment(image, points, augmentation_generator(self.seed, self.epoch, index))
         return image, points, index
-
-
-def normalize(images_u8: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) uint8 -> (B, 3, H, W) float: /255, grey to 3 channels, ImageNet mean/std."""
-    x = images_u8.float().div_(255.0)
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x.expand(-1, 3, -1, -1) - mean) / std

@@ -1,9 +1,11 @@
 """Figures of ``results/plots/``: SDR curves, per-landmark errors, Fig. 5 overlays, Fig. 4 EWC, training, ours vs paper.
 
-Each function draws one figure from plain inputs (arrays, DataFrames, a dvclive folder), writes one PNG
-atomically, closes the figure and returns the path. Every figure built from a run carries that run's label in
-its title (``farnet.provenance.run_label``, e.g. "quick profile — not a replication"); a caller that passes no
-label gets a title that claims nothing. Matplotlib runs headless (Agg), so stages work on servers.
+Each ``plot_*`` function draws one figure from plain inputs (arrays, DataFrames, a dvclive folder), writes one
+PNG atomically, closes the figure and returns the path; :func:`make_plots` draws them all from ``results/``,
+for the runs the tables show (:mod:`farnet.report.tables`). Every figure built from a run carries that run's
+label in its title (:func:`farnet.report.provenance.run_label`, e.g. "quick profile — not a replication"); a
+caller that passes no label gets a title that claims nothing. Matplotlib runs headless (Agg), so stages work on
+servers.
 """
 
 from __future__ import annotations
@@ -12,15 +14,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+
+from farnet.coords import rescale_points
+from farnet.data.views import load_split
+from farnet.errors import DataError
+from farnet.fileio import atomic_write
+from farnet.report.provenance import run_label
+from farnet.report.results import Results
+from farnet.report.tables import (
+    fold_runs, load_paper_tables, methods_table, table1_runs, table2_runs, table3, table3_runs,
+)
 
 matplotlib.use("Agg")  # headless: set before pyplot is imported
-
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from farnet.errors import DataError
-from farnet.fileio import atomic_write  # noqa: E402
 
 DPI = 120
 UNLABELLED = "run profile not stated — not a replication"
@@ -191,7 +199,7 @@ def plot_ewc_weight(alpha: float, out: str | Path) -> Path:
     """Fig. 4: the EWC loss (y − ŷ)²·α^y (paper eq. 3) against the prediction ŷ, and the weight α^y against y.
 
     Args:
-        alpha: EWC base α (``loss.alpha``; the paper's is 40).
+        alpha: EWC base α (the run's ``alpha``; the paper's is 40).
         out: PNG path.
 
     Raises:
@@ -279,7 +287,7 @@ def plot_ours_vs_paper(df_ours_vs_paper: pd.DataFrame, out: str | Path, *, label
     """Grouped bars of the paper's value and ours for each metric; one panel per unit (mm, %, …).
 
     Args:
-        df_ours_vs_paper: :func:`farnet.tables.ours_vs_paper` output: columns ``Metric, Paper, Ours`` and
+        df_ours_vs_paper: :func:`farnet.report.tables.ours_vs_paper` output: columns ``Metric, Paper, Ours`` and
             optionally ``Unit`` and further ``Ours (…)`` columns (e.g. sub-pixel decoding), drawn as more bars.
         out: PNG path.
         label: run label for the title.
@@ -311,3 +319,87 @@ def plot_ours_vs_paper(df_ours_vs_paper: pd.DataFrame, out: str | Path, *, label
     fig.legend(handles, names, loc="outside lower center", ncols=len(series), fontsize=8)
     _title(fig, title, label)
     return _save(fig, out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def make_plots(results_dir: Path, prepared_root: Path, n_overlays: int = 4) -> list[Path]:
+    """Every figure of ``results/plots/`` for the runs the tables show; returns the paths written.
+
+    From Table 3's run: the EWC curve (Fig. 4) with the α it was trained with, SDR curves, per-landmark MRE,
+    training curves and ours-vs-paper bars. Ours-vs-paper bars of Tables 1 and 2, and Fig. 5-style overlays
+    of each dataset whose prepared images are here (ISBI: Table 3's run; hand and spine: the first fold run).
+    """
+    results = Results(results_dir)
+    out = results.root / "plots"
+    paper = load_paper_tables()
+    farnet = table3_runs(results, paper["table3"]).first
+    written = []
+    if farnet is not None:
+        info = results.info(farnet)
+        label = run_label(info)
+        written.append(plot_ewc_weight(info["alpha"], out / "ewc_weight.png"))
+        argmax = results.predictions(farnet).query("decode == 'argmax'")
+        written.append(plot_sdr_curve({s: g["error_mm"].to_numpy() for s, g in argmax.groupby("split")},
+                                      out / "isbi2015_sdr_curve.png", label=label))
+        per_lm = results.per_landmark(farnet)
+        written.append(plot_per_landmark_mre(per_lm[per_lm["decode"] == "argmax"],
+                                             out / "isbi2015_per_landmark_mre.png", label=label))
+        train_log = results.root / "train" / farnet
+        if train_log.is_dir():
+            written.append(plot_training_curves(train_log, out / "training_curves.png", label=label))
+        frames = table3(results.metrics(farnet), info, paper)
+        written.append(plot_ours_vs_paper(frames["ours_vs_paper"], out / "table3_ours_vs_paper.png",
+                                          label=label, title="Table 3: ours vs paper (FARNet row)"))
+    for name, runs in (("table1", table1_runs(results, paper["table1"])),
+                       ("table2", table2_runs(results, paper["table2"]))):
+        bars = _bars(methods_table(results, paper[name], runs))
+        if bars is not None:
+            written.append(plot_ours_vs_paper(bars, out / f"{name}_ours_vs_paper.png",
+                                              label=run_label(results.info(runs.first)),
+                                              title=f"{name.capitalize()}: Test1 MRE and SDR@2mm, ours vs paper"))
+    overlay_runs = {paper["table3"]["dataset"]: farnet,
+                    paper["table4"]["dataset"]: fold_runs(results, paper["table4"]).first,
+                    paper["table5"]["dataset"]: fold_runs(results, paper["table5"]).first}
+    for dataset, run in overlay_runs.items():
+        if run is not None and (prepared_root / dataset).is_dir():
+            written.append(_overlays(results, run, prepared_root / dataset, out / f"{dataset}_overlays.png",
+                                     n_overlays))
+    return written
+
+
+def _bars(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Ours-vs-paper rows (Metric, Unit, Paper, Ours, Difference) of MRE and SDR@2mm per method."""
+    rows = []
+    for method, group in df.groupby("Method", sort=False):
+        by = group.set_index("Source")
+        if "ours" not in by.index:
+            continue
+        for metric, unit in (("MRE", "mm"), ("2mm", "%")):
+            paper, ours = by.loc["paper", metric], by.loc["ours", metric]
+            rows.append({"Metric": f"{method} {metric}", "Unit": unit, "Paper": paper, "Ours": ours,
+                         "Difference": ours - paper})
+    return pd.DataFrame(rows) if rows else None
+
+
+def _overlays(results: Results, run: str, prepared_dir: Path, out: Path, n: int) -> Path:
+    """Fig. 5 style: the first images of the run's evaluation splits, prediction (red) vs ground truth (blue)."""
+    preds = results.predictions(run).query("decode == 'argmax'")
+    images, pred_xy, true_xy, titles = [], [], [], []
+    splits = list(dict.fromkeys(preds["split"]))
+    per_split = max(1, n // len(splits))
+    for split in splits:
+        view = load_split(prepared_dir, split)
+        rows = preds[preds["split"] == split]
+        for i, image_id in enumerate(view.ids[:per_split]):
+            one = rows[rows["image_id"] == str(image_id)].sort_values("landmark")
+            to_input = 1.0 / view.input_to_original[i]  # (2,) original → input pixels
+            images.append(np.asarray(view.images[i]))
+            pred_xy.append(rescale_points(one[["x_pred", "y_pred"]].to_numpy(), to_input))
+            true_xy.append(rescale_points(one[["x_true", "y_true"]].to_numpy(), to_input))
+            error = one["error_mm"].mean()
+            titles.append(f"{split} {image_id}: " + (f"MRE {error:.2f} mm" if np.isfinite(error)
+                                                      else f"{one['error_px'].mean():.1f} px"))
+    return plot_overlays(images, pred_xy, true_xy, titles, out, label=run_label(results.info(run)),
+                         numbers=len(pred_xy[0]) <= 40)

@@ -1,4 +1,4 @@
-"""Tests of farnet.provenance: git commit, params hash, hardware line and the replication verdict."""
+"""Tests of farnet.report.provenance: git commit, params hash, hardware line and the replication verdict."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from farnet.provenance import (
+from farnet.report.provenance import (
     git_commit, hardware_description, params_hash, provenance_header, replication_gaps, run_label,
 )
 

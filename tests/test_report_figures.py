@@ -1,4 +1,5 @@
-"""Tests of farnet.plots: each figure is written as a PNG of the expected size from small fake inputs."""
+"""Tests of farnet.report.figures: each figure is written as a PNG of the expected size from small fake inputs, and
+make_plots draws the figures of the runs the tables show."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from fake_results import isbi_metrics, per_landmark, predictions, write_run
 from PIL import Image
 
 from farnet.errors import DataError
-from farnet.plots import (
-    DPI, plot_ewc_weight, plot_overlays, plot_ours_vs_paper, plot_per_landmark_mre, plot_sdr_curve,
+from farnet.report import figures
+from farnet.report.figures import (
+    DPI, make_plots, plot_ewc_weight, plot_overlays, plot_ours_vs_paper, plot_per_landmark_mre, plot_sdr_curve,
     plot_training_curves, read_dvclive_metrics, sdr_curve,
 )
-from farnet.tables import ours_vs_paper
+from farnet.report.tables import ours_vs_paper
 
 LABEL = "quick profile — not a replication"
 
@@ -139,3 +142,38 @@ def test_plot_ours_vs_paper(tmp_path):
     assert (width, height) == (6 * DPI, int(4.5 * DPI))
     with pytest.raises(ValueError, match="lacks columns"):
         plot_ours_vs_paper(df.drop(columns="Ours"), tmp_path / "bad.png")
+
+
+# ---------------------------------------------------------------------------------------------- make_plots
+
+
+def _spy_on_ewc(monkeypatch):
+    alphas = []
+
+    def spy(alpha, out):
+        alphas.append(alpha)
+        return plot_ewc_weight(alpha, out)
+    monkeypatch.setattr(figures, "plot_ewc_weight", spy)
+    return alphas
+
+
+def test_make_plots_draws_fig4_with_the_alpha_of_table3s_run(tmp_path, monkeypatch):
+    alphas = _spy_on_ewc(monkeypatch)
+    preds = predictions({"test1": [[1.0, 3.0], [2.0, 2.0]], "test2": [[4.0, 4.0]]})
+    write_run(tmp_path, "ours", isbi_metrics(1.5, 1.62), preds=preds,
+              per_lm=per_landmark({"test1": [1.0, 2.0], "test2": [3.0, 4.0]}), alpha=20.0)
+    write_run(tmp_path, "farnet_alpha40", isbi_metrics(1.5, 1.62), loss="l2", alpha=40.0)  # not Table 3's run
+    _fake_dvclive(tmp_path / "train" / "ours")
+    written = make_plots(tmp_path, tmp_path / "no_prepared_data")
+    assert alphas == [20.0]
+    assert sorted(p.name for p in written) == [
+        "ewc_weight.png", "isbi2015_per_landmark_mre.png", "isbi2015_sdr_curve.png", "table1_ours_vs_paper.png",
+        "table2_ours_vs_paper.png", "table3_ours_vs_paper.png", "training_curves.png"]
+    assert all(p.parent == tmp_path / "plots" and png_size(p)[0] > 0 for p in written)
+
+
+def test_make_plots_without_table3s_run_draws_no_fig4(tmp_path, monkeypatch):
+    alphas = _spy_on_ewc(monkeypatch)
+    write_run(tmp_path, "vgg", isbi_metrics(1.5, 1.62), backbone="vgg16")
+    written = make_plots(tmp_path, tmp_path / "no_prepared_data")
+    assert alphas == [] and [p.name for p in written] == ["table1_ours_vs_paper.png"]

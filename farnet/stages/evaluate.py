@@ -1,0 +1,99 @@
+"""The evaluate stage: a trained model on its run's evaluation splits, measured in original pixels."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from farnet.config import Params
+from farnet.data.registry import get_dataset
+from farnet.data.views import load_split, read_dataset_info
+from farnet.evaluate import evaluate_split, predict_landmarks
+from farnet.fastpath import default_device, resolve_channels_last, resolve_precision
+from farnet.fileio import write_csv, write_json
+from farnet.report import provenance
+from farnet.trained import load_trained_model
+
+
+def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: Path, *, progress: bool = True) -> dict:
+    """Evaluate ``model_dir/model.pt`` on the run's evaluation splits.
+
+    Writes ``results/metrics/<run>.json`` (DVC metrics), ``results/per_landmark/<run>.csv``,
+    ``results/predictions/<run>.csv`` and ``results/runs/<run>.json`` (how the result was made).
+    """
+    spec = get_dataset(params.data.dataset)
+    trained = load_trained_model(model_dir / "model.pt")
+    model, meta = trained.model, trained.meta
+    device = default_device()
+    precision = resolve_precision(params.train.precision, device)  # "auto" decided once, here
+    channels_last = resolve_channels_last(params.train.channels_last, device, precision)
+    prepared = prepared_root / params.data.dataset
+    info = read_dataset_info(prepared)
+    metrics, per_lm, preds = {}, [], []
+    for split in spec.eval_splits(params.data.fold):
+        view = load_split(prepared, split, tuple(meta["input_hw"]))
+        pred = predict_landmarks(model, view.images, batch_size=params.eval.batch_size, device=device,
+                                 precision=precision, channels_last=channels_last, progress=progress,
+                                 desc=f"evaluate {split}")
+        # custom data without a spacing for every image: errors in original pixels (README)
+        unit = "px" if spec.unit == "mm" and not np.all(np.isfinite(view.spacing_mm)) else spec.unit
+        summaries, table, rows = evaluate_split(pred, view, params.eval.sdr_radii_mm, unit,
+                                                angles=info["extras"].get("cobb_angles_deg"))
+        metrics[split] = summaries["argmax"]
+        metrics[f"{split}_subpixel"] = summaries["subpixel"]
+        per_lm.append(table)
+        preds.append(rows)
+    name = params.run or "run"
+    write_json(results / "metrics" / f"{name}.json", metrics)
+    write_csv(results / "per_landmark" / f"{name}.csv", pd.concat(per_lm, ignore_index=True))
+    write_csv(results / "predictions" / f"{name}.csv", pd.concat(preds, ignore_index=True))
+    train_info = json.loads((model_dir / "train_info.json").read_text())
+    write_json(results / "runs" / f"{name}.json", run_info(meta["params"], train_info, info))
+    return metrics
+
+
+def run_info(trained: dict, info: dict, dataset_info: dict) -> dict:
+    """How a result was made (DESIGN §5): profile, data, weights, schedule, hardware, commit.
+
+    Args:
+        trained: the resolved parameters the model was trained with (stored in ``model.pt``).
+        info: the training stage's ``train_info.json``.
+        dataset_info: the prepared dataset's ``dataset.json``.
+    """
+    dataset = trained["data"]["dataset"]
+    fetched = dataset_info.get("fetched", {})
+    source = fetched.get("source", "unknown")
+    extras = dataset_info.get("extras", {})
+    train_split_size = info["n_train_images"]
+    full = trained["data"]["train_limit"] is None
+    spec = get_dataset(dataset)
+    if spec.full_train_images is not None:
+        full = full and train_split_size == spec.full_train_images
+    if "images_listed" in extras:  # hand: the mirror holds 9 of the 895 images
+        full = full and extras["images_present"] == extras["images_listed"]
+    model, train_p, data = trained["model"], trained["train"], trained["data"]
+    return {
+        "experiment": info["run"], "run": info["run"], "profile": trained["profile"], "dataset": dataset,
+        "fold": data["fold"], "data_source": source, "data_note": fetched.get("note", spec.data_note),
+        "full_set": full, "n_train_images": train_split_size, "counts": dataset_info.get("counts", {}),
+        "images_present": extras.get("images_present"), "images_listed": extras.get("images_listed"),
+        "annotator": trained["datasets"][dataset].get("annotator"), "pretrained": model["pretrained"],
+        "architecture": model.get("architecture", "farnet"), "backbone": model["backbone"],
+        "fusion": model["fusion"], "refinement": model["refinement"],
+        "epochs": info["epochs"], "steps": info["steps"],
+        "input_hw": data["input_hw"] or trained["datasets"][dataset]["input_hw"],
+        "sigma_px": trained["heatmap"]["sigma_px"], "loss": trained["loss"]["name"], "alpha": trained["loss"]["alpha"],
+        "optimizer": train_p["optimizer"], "lr": train_p["lr"], "precision": train_p["precision"],
+        "fast_path": info.get("fast_path", ""),
+        "seed": trained["seed"], "select": info["select"], "selected_epoch": info["selected_epoch"],
+        "hardware": info["hardware"], "device": info["device"], "train_wall_s": info["train_wall_s"],
+        "git_commit": provenance.git_commit(Path.cwd()), "params_hash": provenance.params_hash(trained),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
+        "torch": torch.__version__,
+    }

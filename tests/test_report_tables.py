@@ -1,0 +1,447 @@
+"""Tests of farnet.report.tables (Tables 1-5, the extra tables, their run headers and output) on hand-made results,
+and of the paper's reference numbers in farnet/report/reference/paper_tables.yaml."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fake_results import isbi_metrics, per_landmark, predictions, split, write_run
+
+from farnet.errors import DataError
+from farnet.report.results import Results, TableRuns
+from farnet.report.tables import (
+    decoding_table, fold_runs, inter_observer_table, load_paper_tables, make_tables, methods_table, ours_vs_paper,
+    per_landmark_table, runs_header, seed_runs, seeds_table, split_metrics, table1_runs, table2_runs, table3,
+    table3_runs, table4, table5, to_markdown, write_table,
+)
+
+PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "paper" / "farnet-paper.txt"
+RADII = ["2.0", "2.5", "3.0", "4.0"]
+METRICS = {
+    "test1": split(1.50, [80.0, 85.0, 90.0, 95.0]),
+    "test2": split(1.62, [70.0, 78.0, 85.0, 92.5]),
+}
+RUN = {"profile": "quick", "input_hw": [800, 640], "pretrained": "none", "full_set": True}
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return load_paper_tables()
+
+
+# ---------------------------------------------------------------------------------------------- paper numbers
+
+
+def test_spot_checks_against_the_paper(paper):
+    farnet3 = next(r for r in paper["table3"]["rows"] if r.get("farnet"))
+    assert farnet3["test2"]["sdr"]["2.0"] == 77.00
+    assert farnet3["test1"]["mre_mm"] == 1.12 and farnet3["test2"]["mre_mm"] == 1.42
+    vgg19 = next(r for r in paper["table1"]["rows"] if r["method"] == "VGG-19")
+    assert vgg19["mre_mm"] == 1.37
+    farnet5 = next(r for r in paper["table5"]["rows"] if r.get("farnet"))
+    assert (farnet5["mse"], farnet5["rho"]) == (0.0017, 0.98)
+    farnet4 = next(r for r in paper["table4"]["rows"] if r.get("farnet"))
+    assert (farnet4["mre_mm"], farnet4["sd_mm"], farnet4["sdr"]["10.0"]) == (0.62, 0.55, 100)
+    ibragimov = paper["table3"]["rows"][0]
+    assert ibragimov["test2"]["mre_mm"] is None and ibragimov["input_size"] is None
+    assert [r["method"] for r in paper["table2"]["rows"]][0] == "UNet"
+    assert len(paper["table2"]["rows"]) == 8 and len(paper["table3"]["rows"]) == 8
+
+
+def _printed(value):
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return f"{value[0]} × {value[1]}"
+    return float(value)
+
+
+def _expected_cells(table, row):
+    def sdr(values):
+        return [_printed(values["sdr"][r]) for r in table["radii_mm"]]
+
+    if "test1" in row:
+        return ([_printed(row["input_size"])]
+                + [_printed(row["test1"]["mre_mm"])] + sdr(row["test1"])
+                + [_printed(row["test2"]["mre_mm"])] + sdr(row["test2"]))
+    if "sd_mm" in row:
+        return [_printed(row["input_size"]), f"{row['mre_mm']:.2f} ± {row['sd_mm']:.2f}"] + sdr(row)
+    if "mse" in row:
+        return [_printed(row["mse"]), _printed(row["rho"])]
+    return [_printed(row["mre_mm"])] + sdr(row)
+
+
+def _parse_cell(cell):
+    cell = cell.strip()
+    if cell == "-":
+        return None
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
+
+
+@pytest.mark.skipif(not PAPER_TEXT.is_file(), reason="paper text not available")
+def test_every_number_matches_the_paper_text(paper):
+    lines = PAPER_TEXT.read_text(encoding="utf-8").splitlines()
+    for name in ("table1", "table2", "table3", "table4", "table5"):
+        table = paper[name]
+        for row in table["rows"]:
+            printed = [[_parse_cell(c) for c in line.split("\t")[1:]]
+                       for line in lines if line.split("\t")[0] == row["method"]]
+            assert _expected_cells(table, row) in printed, (name, row["method"], printed)
+
+
+# ---------------------------------------------------------------------------------------------- builders
+
+
+def test_split_metrics_flattens_in_radius_order():
+    assert split_metrics(METRICS["test1"], RADII) == {"MRE": 1.5, "2mm": 80.0, "2.5mm": 85.0, "3mm": 90.0,
+                                                       "4mm": 95.0}
+    with pytest.raises(ValueError, match="no radius '10.0'"):
+        split_metrics(METRICS["test1"], ["10.0"])
+    with pytest.raises(ValueError, match="needs 'mre_mm' and 'sdr'"):
+        split_metrics({"sdr": {}}, RADII)
+
+
+def test_ours_vs_paper_difference_and_missing_values():
+    df = ours_vs_paper({"MRE": 1.5, "2mm": 80.0, "extra": 3.0}, {"MRE": 1.12, "2mm": 88.03, "3mm": None},
+                       units={"MRE": "mm"})
+    assert list(df.columns) == ["Metric", "Unit", "Paper", "Ours", "Difference"]
+    assert list(df["Metric"]) == ["MRE", "2mm", "3mm", "extra"]
+    assert df["Difference"].iloc[0] == pytest.approx(0.38)
+    assert df["Difference"].iloc[1] == pytest.approx(-8.03)
+    assert math.isnan(df["Difference"].iloc[2]) and math.isnan(df["Paper"].iloc[3])
+    assert list(df["Unit"]) == ["mm", "", "", ""]
+
+
+def test_table3_rows_and_columns(paper):
+    result = table3(METRICS, RUN, paper)
+    main = result["table3"]
+    assert list(main.columns) == (["Method", "Input size"]
+                                  + [f"Test1 {c}" for c in ("MRE", "2mm", "2.5mm", "3mm", "4mm")]
+                                  + [f"Test2 {c}" for c in ("MRE", "2mm", "2.5mm", "3mm", "4mm")] + ["source"])
+    assert len(main) == 9
+    assert (main["source"].iloc[:8] == "paper").all()
+    assert main["Method"].iloc[7] == "FARNet (paper)"
+    ours = main.iloc[8]
+    assert ours["Method"] == "FARNet (ours, quick)" and ours["source"] == "ours"
+    assert ours["Input size"] == "800 × 640"
+    assert (ours["Test1 MRE"], ours["Test2 4mm"]) == (1.50, 92.5)
+    assert math.isnan(main.loc[main["Method"] == "Qian et al.[44]", "Test1 MRE"].iloc[0])
+
+
+def test_table3_ours_vs_paper_hand_computed(paper):
+    comparison = table3(METRICS, RUN, paper)["ours_vs_paper"].set_index("Metric")
+    # paper FARNet: Test1 MRE 1.12, Test2 2mm 77.00, Test2 4mm 95.21
+    assert comparison.loc["Test1 MRE", "Paper"] == 1.12
+    assert comparison.loc["Test1 MRE", "Difference"] == pytest.approx(1.50 - 1.12)
+    assert comparison.loc["Test2 2mm", "Difference"] == pytest.approx(70.0 - 77.0)
+    assert comparison.loc["Test2 4mm", "Difference"] == pytest.approx(92.5 - 95.21)
+    assert comparison.loc["Test1 MRE", "Unit"] == "mm" and comparison.loc["Test1 2mm", "Unit"] == "%"
+    assert len(comparison) == 10
+
+
+def test_table3_subpixel_row_is_labelled_beyond_the_paper(paper):
+    metrics = {**METRICS, "test1_subpixel": split(1.40, [82.0, 86.0, 91.0, 96.0]),
+               "test2_subpixel": split(1.55, [72.0, 79.0, 86.0, 93.0])}
+    result = table3(metrics, RUN, paper)
+    last = result["table3"].iloc[-1]
+    assert "sub-pixel" in last["Method"] and last["source"] == "ours, beyond the paper"
+    comparison = result["ours_vs_paper"].set_index("Metric")
+    assert comparison.loc["Test1 MRE", "Difference (sub-pixel)"] == pytest.approx(1.40 - 1.12)
+
+
+def test_table3_rejects_incomplete_metrics(paper):
+    with pytest.raises(ValueError, match="no split 'test2'"):
+        table3({"test1": METRICS["test1"]}, RUN, paper)
+    broken = {**METRICS, "test2": {"mre_mm": 1.0, "sdr": {"2.0": 1.0}}}
+    with pytest.raises(ValueError, match="no radius '2.5'"):
+        table3(broken, RUN, paper)
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def test_write_table_markdown_and_csv(tmp_path, paper):
+    result = table3(METRICS, RUN, paper)
+    md, csv = tmp_path / "tables" / "table3.md", tmp_path / "tables" / "table3.csv"
+    written = write_table(result, md, csv, "> provenance here\n", title="Table 3")
+    assert written == [md, csv, tmp_path / "tables" / "table3_ours_vs_paper.csv"]
+    text = md.read_text(encoding="utf-8")
+    assert text.startswith("# Table 3\n\n> provenance here")
+    assert text.index("provenance here") < text.index("| Method")
+    assert "| FARNet (ours, quick)" in text and "77.00" in text and "1.50" in text
+    assert "|           - |" in text  # '-' for the paper's missing MRE values
+    assert "0.38" in text  # Test1 MRE difference, 2 decimals
+    back = pd.read_csv(csv)
+    assert list(back["Method"])[-1] == "FARNet (ours, quick)"
+    assert back["Test1 MRE"].iloc[-1] == 1.5
+    assert pd.read_csv(written[2])["Difference"].iloc[0] == pytest.approx(0.38)
+    assert not list(md.parent.glob("*.tmp"))
+
+
+def test_write_table_single_frame(tmp_path):
+    df = pd.DataFrame({"Method": ["a"], "MSE": [0.0017]})
+    write_table(df, tmp_path / "t.md", tmp_path / "t.csv", "header", decimals=4)
+    assert "0.0017" in (tmp_path / "t.md").read_text()
+    assert pd.read_csv(tmp_path / "t.csv")["MSE"].iloc[0] == 0.0017
+
+
+def test_to_markdown_keeps_integers_and_dashes():
+    text = to_markdown(pd.DataFrame({"n": [3], "x": [float("nan")], "y": [1.234]}))
+    cells = [cell.strip() for cell in text.splitlines()[2].strip("|").split("|")]
+    assert cells == ["3", "-", "1.23"]
+    assert text.splitlines()[1] == "|----:|----:|-----:|"  # numbers right-aligned
+
+
+# ---------------------------------------------------------------------------------------------- run headers
+
+
+def test_paper_tables_state_rows_by_settings_not_run_names(paper):
+    assert [r["backbone"] for r in paper["table1"]["rows"]][-1] == "densenet121"
+    assert (paper["table4"]["folds"], paper["table5"]["folds"]) == (3, 5)
+    assert not any("id" in row for row in paper["table2"]["rows"])
+
+
+def test_header_lists_every_run_and_the_rows_not_run(tmp_path):
+    write_run(tmp_path, "a", {})
+    write_run(tmp_path, "b", {}, train_wall_s=99.0, seed=1)
+    header = runs_header(Results(tmp_path), TableRuns({"A": "a", "B": "b", "C": None}))
+    assert "| a | quick | 160×128 | 40 | 1 | 40 | 12.5 |" in header
+    assert "| b | quick | 160×128 | 40 | 1 | 40 | 99.0 |" in header
+    assert "| C | not run |" in header
+    assert "not trained alike" not in header  # wall time and seed may differ between comparable rows
+    assert header.index("Provenance") < header.index("| a |")
+
+
+def test_header_of_a_table_without_runs(tmp_path):
+    assert runs_header(Results(tmp_path), TableRuns({"A": None})) == "> **No run of this table has results yet.**\n"
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"input_hw": [320, 256]}, "input_hw"),
+    ({"full_set": True, "n_train_images": 150}, "full_set"),
+    ({"epochs": 3}, "epochs"),
+    ({"lr": 1e-4}, "lr"),
+])
+def test_header_warns_when_rows_were_trained_differently(tmp_path, change, named):
+    write_run(tmp_path, "a", {})
+    write_run(tmp_path, "b", {}, **change)
+    header = runs_header(Results(tmp_path), TableRuns.of(["a", "b"]))
+    assert "**These rows were not trained alike" in header
+    assert f"({named} differ;" in header
+
+
+def test_header_warns_when_several_runs_match_one_row(tmp_path, paper):
+    write_run(tmp_path, "vgg_b", isbi_metrics(2.0, 2.0), backbone="vgg16")
+    write_run(tmp_path, "vgg_a", isbi_metrics(1.0, 1.0), backbone="vgg16")
+    results = Results(tmp_path)
+    runs = table1_runs(results, paper["table1"])
+    assert runs.rows["VGG-16"] == "vgg_a"
+    assert ("**2 runs match row VGG-16 (vgg_a, vgg_b): the row shows vgg_a, the first by name.**"
+            in runs_header(results, runs))
+    ours = methods_table(results, paper["table1"], runs).query("Method == 'VGG-16' and Source == 'ours'")
+    assert ours["MRE"].tolist() == [1.0]
+
+
+# ---------------------------------------------------------------------------------------------- Tables 1 and 2
+
+
+def _rows(df, method):
+    return df[df["Method"] == method].set_index("Source")
+
+
+def test_table1_one_farnet_run_per_backbone(tmp_path, paper):
+    write_run(tmp_path, "first_try", isbi_metrics(1.50, 9.0), backbone="vgg16")
+    write_run(tmp_path, "farnet", isbi_metrics(1.20, 9.0))
+    write_run(tmp_path, "vgg16_l2", isbi_metrics(5.0, 9.0), backbone="vgg16", loss="l2")  # an ablation
+    write_run(tmp_path, "vgg16_seed1", isbi_metrics(5.0, 9.0), backbone="vgg16", seed=1)  # a replicate
+    write_run(tmp_path, "vgg16_hand", isbi_metrics(5.0, 9.0), backbone="vgg16", dataset="hand_dha")
+    results = Results(tmp_path)
+    runs = table1_runs(results, paper["table1"])
+    assert runs.rows == {"VGG-16": "first_try", "VGG-19": None, "ResNet-101": None, "ResNet-152": None,
+                         "DenseNet-169": None, "DenseNet-121": "farnet"}
+    df = methods_table(results, paper["table1"], runs)
+    assert list(df.columns) == ["Method", "Source", "MRE", "2mm", "2.5mm", "3mm", "4mm"]
+    vgg16 = _rows(df, "VGG-16")
+    assert vgg16.loc["paper", "MRE"] == 1.44 and vgg16.loc["ours", "MRE"] == 1.50
+    assert vgg16.loc["ours − paper", "MRE"] == pytest.approx(1.50 - 1.44)
+    assert vgg16.loc["ours − paper", "2mm"] == pytest.approx(80.0 - 84.03)
+    assert _rows(df, "DenseNet-121").loc["ours − paper", "MRE"] == pytest.approx(1.20 - 1.12)
+    vgg19 = _rows(df, "VGG-19")
+    assert list(vgg19.index) == ["paper", "ours: not run"] and np.isnan(vgg19.loc["ours: not run", "MRE"])
+    assert "| VGG-19 | not run |" in runs_header(results, runs)
+
+
+def test_table2_rows_by_architecture_fusion_refinement_and_loss(tmp_path, paper):
+    write_run(tmp_path, "u", isbi_metrics(1.40, 9.0), architecture="unet", loss="l2", fusion="add")
+    write_run(tmp_path, "plus", isbi_metrics(1.30, 9.0), fusion="add", refinement="none", loss="l2")
+    write_run(tmp_path, "cat", isbi_metrics(1.25, 9.0), refinement="none", loss="l2")
+    write_run(tmp_path, "naive", isbi_metrics(1.22, 9.0), refinement="naive", loss="l2")
+    write_run(tmp_path, "aw", isbi_metrics(1.21, 9.0), loss="awing")
+    write_run(tmp_path, "ewc", isbi_metrics(1.10, 9.0))
+    write_run(tmp_path, "fpn_vgg", isbi_metrics(3.0, 9.0), architecture="fpn", backbone="vgg16", loss="l2")
+    results = Results(tmp_path)
+    runs = table2_runs(results, paper["table2"])
+    assert runs.rows == {"UNet": "u", "FPN": None, "MSFA(+)": "plus", "MSFA": "cat", "MSFA+FR*": "naive",
+                         "MSFA+FR": None, "MSFA+FR+AW": "aw", "MSFA+FR+EWC": "ewc"}
+    df = methods_table(results, paper["table2"], runs)
+    assert list(df["Method"].drop_duplicates()) == [r["method"] for r in paper["table2"]["rows"]]
+    assert _rows(df, "UNet").loc["ours − paper", "MRE"] == pytest.approx(1.40 - 1.38)
+    assert _rows(df, "MSFA(+)").loc["ours", "MRE"] == 1.30 and _rows(df, "MSFA").loc["ours", "MRE"] == 1.25
+    assert _rows(df, "MSFA+FR+EWC").loc["ours − paper", "4mm"] == pytest.approx(95.0 - 98.48)
+    assert "ours: not run" in _rows(df, "FPN").index and "ours: not run" in _rows(df, "MSFA+FR").index
+
+
+def test_table1_reads_only_the_paper_split(tmp_path, paper):
+    write_run(tmp_path, "farnet", {"test2": split(1.0, [1.0] * 4)})
+    results = Results(tmp_path)
+    with pytest.raises(DataError, match=r"metrics/farnet.json: no split 'test1'"):
+        methods_table(results, paper["table1"], table1_runs(results, paper["table1"]))
+
+
+# ---------------------------------------------------------------------------------------------- Tables 4 and 5
+
+
+HAND_RADII = ["2.0", "4.0", "10.0"]
+
+
+def _hand_run(root, run, fold, errors):
+    metrics = {f"fold{fold}_test": split(1.0, [0.0] * 3, HAND_RADII, n_images=len(errors))}
+    preds = pd.concat([predictions({f"fold{fold}_test": errors}),
+                       predictions({f"fold{fold}_test": errors}, decode="subpixel").assign(error_mm=0.0)])
+    write_run(root, run, metrics, preds=preds, dataset="hand_dha", fold=fold, images_present=9,
+              images_listed=895)
+
+
+def test_table4_pools_the_folds_test_images(tmp_path, paper):
+    _hand_run(tmp_path, "hand_a", 1, [[1.0, 3.0]])
+    _hand_run(tmp_path, "hand_b", 3, [[2.0, 6.0]])
+    write_run(tmp_path, "hand_l2", {}, dataset="hand_dha", fold=2, loss="l2")  # not FARNet: not Table 4
+    results = Results(tmp_path)
+    runs = fold_runs(results, paper["table4"])
+    assert runs.rows == {"fold 1": "hand_a", "fold 2": None, "fold 3": "hand_b"}
+    df = table4(results, paper["table4"], runs).set_index("Source")
+    assert list(df.index[:6]) == ["paper"] * 6
+    ours = df.loc["ours"]  # errors 1, 3, 2, 6 mm over two images (argmax rows only)
+    assert ours["Method"] == "FARNet (ours, quick)" and ours["images"] == 2
+    assert ours["MRE"] == pytest.approx(3.0) and ours["SD"] == pytest.approx(np.sqrt(14 / 3))
+    assert (ours["2mm"], ours["4mm"], ours["10mm"]) == (50.0, 75.0, 100.0)
+    difference = df.loc["ours − paper"]
+    assert difference["MRE"] == pytest.approx(3.0 - 0.62) and difference["2mm"] == pytest.approx(50.0 - 97.24)
+    assert "| fold 2 | not run |" in runs_header(results, runs)
+
+
+def test_table4_and_5_without_runs(tmp_path, paper):
+    results = Results(tmp_path)
+    for name, build in (("table4", table4), ("table5", table5)):
+        df = build(results, paper[name], fold_runs(results, paper[name]))
+        assert df["Source"].iloc[-1] == "ours: not run"
+        assert (df["Source"].iloc[:-1] == "paper").all()
+
+
+def _spine_metrics(fold, mse, rho, smape):
+    one = lambda m: {"n_images": 50, "mse": m, "rho": rho, "mre_px": 9.0, "cobb_smape": smape}  # noqa: E731
+    return {f"fold{fold}_val": one(mse / 2), "test": one(mse), "aasce_test": one(2 * mse)}
+
+
+def test_table5_mean_and_sd_over_folds_read_from_run_info(tmp_path, paper):
+    # the names end in digits that are not the folds: the fold comes from the run info
+    write_run(tmp_path, "spine_run7", _spine_metrics(2, 0.002, 0.90, 10.0), dataset="spine_boostnet", fold=2)
+    write_run(tmp_path, "spine_run8", _spine_metrics(4, 0.004, 0.80, 20.0), dataset="spine_boostnet", fold=4)
+    results = Results(tmp_path)
+    runs = fold_runs(results, paper["table5"])
+    assert runs.present == ["spine_run7", "spine_run8"] and runs.rows["fold 1"] is None
+    df = table5(results, paper["table5"], runs)
+    ours = df[df["Source"] == "ours"].set_index("Split")
+    assert list(ours.index) == ["test (50)", "fold validation", "AASCE test (128)"]
+    assert ours.loc["test (50)", "Method"] == "FARNet (ours, quick, 2 folds)"
+    assert ours.loc["test (50)", "MSE"] == pytest.approx(0.003)
+    assert ours.loc["test (50)", "MSE SD (folds)"] == pytest.approx(np.std([0.002, 0.004], ddof=1))
+    assert ours.loc["test (50)", "ρ"] == pytest.approx(0.85)
+    assert ours.loc["fold validation", "MSE"] == pytest.approx(0.0015)
+    assert ours.loc["AASCE test (128)", "Cobb SMAPE % (beyond the paper)"] == pytest.approx(15.0)
+    difference = df[df["Source"] == "ours − paper"].iloc[0]
+    assert difference["MSE"] == pytest.approx(0.003 - 0.0017) and difference["ρ"] == pytest.approx(0.85 - 0.98)
+
+
+# ---------------------------------------------------------------------------------------------- extra tables
+
+
+def test_decoding_table(tmp_path):
+    write_run(tmp_path, "farnet", isbi_metrics(1.5, 1.62, subpixel_shift=-0.25))
+    df = decoding_table(Results(tmp_path), ["farnet"]).set_index("Split")
+    assert df.loc["test1", "MRE argmax"] == 1.5 and df.loc["test1", "MRE sub-pixel"] == 1.25
+    assert df.loc["test2", "Δ MRE"] == pytest.approx(-0.25)
+    assert df.loc["test1", "2mm argmax"] == 80.0 and list(df["Run"]) == ["farnet", "farnet"]
+
+
+def test_seed_replicates_are_table3_settings_with_another_seed(tmp_path, paper):
+    write_run(tmp_path, "farnet", isbi_metrics(1.0, 1.0))
+    write_run(tmp_path, "rep_b", isbi_metrics(4.0, 3.0), seed=2)
+    write_run(tmp_path, "rep_a", isbi_metrics(2.0, 1.0), seed=1)
+    write_run(tmp_path, "vgg_seed1", isbi_metrics(9.0, 9.0), seed=1, backbone="vgg16")
+    results = Results(tmp_path)
+    runs = seed_runs(results, paper["table3"])
+    assert runs.rows == {"seed 1": "rep_a", "seed 2": "rep_b"}
+    assert table3_runs(results, paper["table3"]).rows == {"FARNet": "farnet"}
+    df = seeds_table(results, runs.present).set_index("Split")
+    assert df.loc["test1", "runs"] == 2
+    assert df.loc["test1", "MRE mean"] == pytest.approx(3.0) and df.loc["test1", "MRE SD"] == pytest.approx(2 ** 0.5)
+    assert df.loc["test2", "MRE mean"] == pytest.approx(2.0) and df.loc["test1", "2mm SD"] == 0.0
+
+
+def test_per_landmark_table(tmp_path):
+    write_run(tmp_path, "farnet", {}, per_lm=per_landmark({"test1": [1.0, 2.0], "test2": [3.0, 4.0]}))
+    df = per_landmark_table(Results(tmp_path), "farnet")
+    assert list(df.columns) == ["landmark", "name", "test1 MRE", "test2 MRE", "test1 SD", "test2 SD"]
+    assert df["landmark"].tolist() == [1, 2]  # numbered from 1
+    assert df["test2 MRE"].tolist() == [3.0, 4.0]  # argmax rows, not the sub-pixel ones
+
+
+def test_inter_observer_table_without_raw_data(tmp_path):
+    assert inter_observer_table(Results(tmp_path), tmp_path / "isbi2015", None) is None
+
+
+@pytest.mark.mirror
+def test_inter_observer_table(mirror_root, tmp_path):
+    write_run(tmp_path, "farnet", isbi_metrics(1.5, 1.62))
+    df = inter_observer_table(Results(tmp_path), mirror_root / "isbi2015", "farnet")
+    assert list(df["Split"]) == ["train", "test1", "test2", "test1", "test2"]
+    human = df.iloc[:3]
+    assert (human["Reference"] == "senior vs junior doctor (human)").all()
+    assert ((human["MRE"] > 0) & (human["MRE"] < 10)).all()  # the doctors disagree by millimetres
+    assert df.iloc[3]["MRE"] == 1.5 and df.iloc[4]["4mm"] == 92.5
+
+
+# ---------------------------------------------------------------------------------------------- make_tables
+
+
+def test_make_tables_writes_the_committed_file_names(tmp_path):
+    write_run(tmp_path, "farnet", isbi_metrics(1.5, 1.62), per_lm=per_landmark({"test1": [1.0], "test2": [2.0]}))
+    write_run(tmp_path, "farnet_seed1", isbi_metrics(1.7, 1.8), seed=1)
+    _hand_run(tmp_path, "hand_fold1", 1, [[1.0, 3.0]])
+    written = make_tables(tmp_path, tmp_path / "raw")
+    assert sorted(p.name for p in written) == sorted([
+        "table3.md", "table3.csv", "table3_ours_vs_paper.csv", *(f"table{i}.{x}" for i in (1, 2, 4, 5)
+                                                                 for x in ("md", "csv")),
+        "decoding.md", "decoding.csv", "seeds.md", "seeds.csv", "per_landmark.md", "per_landmark.csv",
+        "summary.json"])
+    assert all(p.parent == tmp_path / "tables" for p in written if p.name != "summary.json")
+    summary = json.loads((tmp_path / "summary.json").read_text())  # the headline numbers, for `make exp-show`
+    assert summary["farnet_test1_mre_mm"] == 1.5 and summary["farnet_test2_mre_mm"] == 1.62
+    assert summary["farnet_test1_sdr_2mm"] == 80.0 and summary["table2_test1_mre_mm"] == {"MSFA+FR+EWC": 1.5}
+    assert summary["hand_mre_mm"] == pytest.approx(1.0) and not any(k.startswith("spine") for k in summary)
+    table1 = (tmp_path / "tables" / "table1.md").read_text()
+    assert table1.startswith("# Table 1: backbones on ISBI 2015 Test1") and "| VGG-16 | not run |" in table1
+    assert pd.read_csv(tmp_path / "tables" / "table3.csv")["Test1 MRE"].iloc[-2] == 1.5  # last: sub-pixel
+    assert "Only 9 of the 895 hand images" in (tmp_path / "tables" / "table4.md").read_text()
+    assert pd.read_csv(tmp_path / "tables" / "decoding.csv")["Run"].drop_duplicates().tolist() == [
+        "farnet", "farnet_seed1"]
+    assert "> **No run of this table has results yet.**" in (tmp_path / "tables" / "table5.md").read_text()

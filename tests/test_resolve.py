@@ -1,0 +1,114 @@
+"""The resolve stage: each run's train and evaluate stages depend on a file holding only the values they read,
+so `dvc exp run -S ...` re-runs exactly the stages whose own values changed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from farnet.config import load_params, params_from_stage, stage_params
+from farnet.errors import ConfigError
+from farnet.stages.resolve import resolve
+from helpers import committed_params
+
+
+def resolved(tmp_path, name, raw):
+    params = tmp_path / f"{name}.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / name
+    resolve(params, out)
+    return {str(p.relative_to(out)): p.read_text() for p in out.rglob("*.json")}
+
+
+def changed(before, after):
+    assert set(before) == set(after)
+    return sorted(k for k in before if before[k] != after[k])
+
+
+@pytest.fixture(scope="module")
+def quick():
+    raw = committed_params()
+    raw["profile"] = "quick"
+    return raw
+
+
+@pytest.fixture(scope="module")
+def baseline(quick, tmp_path_factory):
+    return resolved(tmp_path_factory.mktemp("base"), "base", quick)
+
+
+def test_every_run_and_dataset_has_its_files(baseline, quick):
+    runs = set(quick["runs"])
+    assert {k for k in baseline if k.endswith("/train.json")} == {f"{r}/train.json" for r in runs}
+    assert {k for k in baseline if k.endswith("/evaluate.json")} == {f"{r}/evaluate.json" for r in runs}
+    assert {k for k in baseline if k.startswith("datasets/")} == {f"datasets/{d}.json" for d in quick["datasets"]}
+
+
+def test_a_run_file_holds_only_what_the_run_reads(baseline):
+    l2 = json.loads(baseline["msfa_fr/train.json"])
+    assert l2["loss"] == {"name": "l2"} and "runs" not in l2 and set(l2["datasets"]) == {"isbi2015"}
+    unet = json.loads(baseline["unet/train.json"])
+    assert unet["model"] == {"architecture": "unet"}
+    aw = json.loads(baseline["msfa_fr_aw/train.json"])
+    assert set(aw["loss"]) == {"name", "awing_omega", "awing_theta", "awing_epsilon", "awing_alpha"}
+    ewc = json.loads(baseline["farnet/train.json"])
+    assert ewc["loss"] == {"name": "ewc", "alpha": 40.0} and ewc["eval"] == {"select": "last"}
+    assert "fr_input_kernel" not in json.loads(baseline["vgg16/train.json"])["model"]  # VGG's C0 replaces it
+    evaluation = json.loads(baseline["hand_fold2/evaluate.json"])
+    assert evaluation["data"] == {"dataset": "hand_dha", "fold": 2} and evaluation["eval"]["sdr_radii_mm"] == [2, 4, 10]
+    assert "loss" not in evaluation and "model" not in evaluation
+
+
+def test_loss_alpha_changes_exactly_the_ewc_runs(quick, baseline, tmp_path):
+    raw = json.loads(json.dumps(quick))
+    raw["loss"]["alpha"] = 20.0
+    after = resolved(tmp_path, "alpha", raw)
+    ewc_runs = [r for r in quick["runs"] if quick["runs"][r].get("loss", {}).get("name", "ewc") == "ewc"]
+    assert changed(baseline, after) == sorted(f"{r}/train.json" for r in ewc_runs)
+    assert "msfa_fr/train.json" not in changed(baseline, after) and "unet/train.json" not in changed(baseline, after)
+
+
+def test_a_run_override_changes_that_run_alone(quick, baseline, tmp_path):
+    raw = json.loads(json.dumps(quick))
+    raw["runs"]["farnet"]["loss"] = {"alpha": 20.0}
+    assert changed(baseline, resolved(tmp_path, "one", raw)) == ["farnet/train.json"]
+
+
+def test_evaluation_settings_change_only_the_evaluate_files(quick, baseline, tmp_path):
+    raw = json.loads(json.dumps(quick))
+    raw["profiles"]["quick"]["eval"]["batch_size"] = 2
+    after = changed(baseline, resolved(tmp_path, "eval", raw))
+    assert after and all(k.endswith("/evaluate.json") for k in after)
+
+
+def test_stage_files_rebuild_the_stage_parameters(baseline, quick, tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(quick))
+    for run in ("farnet", "msfa_fr", "unet", "spine_fold3"):
+        full = load_params(path, run=run)
+        rebuilt = params_from_stage(json.loads(baseline[f"{run}/train.json"]))
+        assert (rebuilt.run, rebuilt.model, rebuilt.train, rebuilt.data, rebuilt.seed) == (
+            full.run, rebuilt.model, full.train, full.data, full.seed)
+        assert rebuilt.loss.name == full.loss.name and rebuilt.input_hw == full.input_hw
+        if full.loss.name == "ewc":
+            assert rebuilt.loss == full.loss
+        assert rebuilt.model.architecture == full.model.architecture
+    with pytest.raises(ValueError, match="stage 'plots' is not one of"):
+        stage_params(load_params(path, run="farnet"), "plots")
+
+
+def test_a_fold_the_dataset_does_not_have_is_refused_before_anything_runs(quick, tmp_path):
+    raw = json.loads(json.dumps(quick))
+    raw["runs"]["hand_fold1"]["data"]["fold"] = 7
+    with pytest.raises(ConfigError, match=r"runs\.hand_fold1: data\.fold: 7 is not a fold of hand_dha \(folds: 1\.\.3\)"):
+        resolved(tmp_path, "fold", raw)
+
+
+def test_files_of_removed_runs_are_deleted(quick, tmp_path):
+    raw = json.loads(json.dumps(quick))
+    resolved(tmp_path, "same", raw)
+    del raw["runs"]["vgg19"], raw["profiles"]["quick"]["runs"]["vgg19"]
+    after = resolved(tmp_path, "same", raw)
+    assert not any(k.startswith("vgg19/") for k in after) and not (tmp_path / "same" / "vgg19").exists()
