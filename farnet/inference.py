@@ -62,8 +62,9 @@ class HeatmapNetwork(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.cache_enabled = cache_enabled
 
-    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        x = normalize(images_u8).contiguous(memory_format=self.memory_format)
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) uint8 (``image``: the ONNX input's name) -> (B, K, H, W) fp32."""
+        x = normalize(image).contiguous(memory_format=self.memory_format)
         with autocast(x.device, self.precision, cache_enabled=self.cache_enabled):
             heads = self.model(x)
         return final_heatmaps(heads, tuple(x.shape[-2:])).float()

@@ -14,15 +14,17 @@ from farnet.errors import ConfigError
 
 
 def parse(description: str, argv: Sequence[str] | None, *, run: bool = False, dataset: bool = False,
-          stage: str | None = None, **paths: str) -> tuple[Params, argparse.Namespace]:
-    """Parse the stage's arguments and load its parameters.
+          stage: str | None = None, params: bool = True, **paths: str) -> tuple[Params | None, argparse.Namespace]:
+    """Parse the stage's arguments and load its parameters (none with ``params=False``: the stage reads no
+    parameters, only files, and has no ``--params``).
 
     With ``stage`` ("prepare", "train", "evaluate") the parameters are the stage's own
     (:func:`farnet.config.stage_params`): read from ``--resolved FILE`` (what DVC runs: the file is the stage's
     dependency), else resolved from ``--params`` for ``--run``/``--dataset`` (a stage run by hand, or torchrun).
     """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if params:
+        parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if stage is not None:
         parser.add_argument("--resolved", type=Path, default=None,
                             help="this stage's resolved parameters (resolved/...json); default: from --params")
@@ -33,17 +35,20 @@ def parse(description: str, argv: Sequence[str] | None, *, run: bool = False, da
     for name, default in paths.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default, help=f"default: {default}")
     args = parser.parse_args(argv)
+    if not params:
+        return None, args
     if stage is not None and args.resolved is not None:
-        params = _read_resolved(args.resolved)
-        if run and params.run != args.run:
-            raise ConfigError(f"{args.resolved}: resolved for run {params.run!r}, not {args.run!r}")
-        if dataset and args.dataset not in params.datasets:
-            raise ConfigError(f"{args.resolved}: resolved for dataset {sorted(params.datasets)}, not {args.dataset!r}")
-        return params, args
-    params = load_params(args.params, run=args.run if run else None)
+        resolved = _read_resolved(args.resolved)
+        if run and resolved.run != args.run:
+            raise ConfigError(f"{args.resolved}: resolved for run {resolved.run!r}, not {args.run!r}")
+        if dataset and args.dataset not in resolved.datasets:
+            raise ConfigError(f"{args.resolved}: resolved for dataset {sorted(resolved.datasets)}, "
+                              f"not {args.dataset!r}")
+        return resolved, args
+    loaded = load_params(args.params, run=args.run if run else None)
     if stage is not None:
-        params = params_from_stage(stage_params(params, stage, getattr(args, "dataset", None)), args.params)
-    return params, args
+        loaded = params_from_stage(stage_params(loaded, stage, getattr(args, "dataset", None)), args.params)
+    return loaded, args
 
 
 def _read_resolved(path: Path) -> Params:

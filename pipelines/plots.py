@@ -13,7 +13,7 @@ from farnet.report.figures import make_plots
 
 
 def main(argv=None) -> int:
-    _, args = parse(__doc__, argv, results="results", prepared="data/prepared")
+    _, args = parse(__doc__, argv, params=False, results="results", prepared="data/prepared")
     for path in make_plots(Path(args.results), Path(args.prepared)):
         print(f"wrote {path}")
     return 0

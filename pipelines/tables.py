@@ -11,7 +11,7 @@ from farnet.report.tables import make_tables
 
 
 def main(argv=None) -> int:
-    _, args = parse(__doc__, argv, results="results", raw="data/raw")
+    _, args = parse(__doc__, argv, params=False, results="results", raw="data/raw")
     for path in make_tables(Path(args.results), Path(args.raw)):
         print(f"wrote {path}")
     return 0

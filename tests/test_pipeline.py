@@ -112,7 +112,7 @@ def test_stages_end_to_end_on_real_images(mirror_root, tmp_path):
     assert "not run" in (results / "tables/table1.md").read_text()  # the other backbones did not run here
     observer = (results / "tables/inter_observer.md").read_text()
     assert "senior vs junior" in observer
-    _run("plots", "--params", p, "--results", results, "--prepared", prepared, env=env)
+    _run("plots", "--results", results, "--prepared", prepared, env=env)
     pngs = sorted(x.name for x in (results / "plots").glob("*.png"))
     assert {"ewc_weight.png", "isbi2015_overlays.png", "isbi2015_per_landmark_mre.png", "isbi2015_sdr_curve.png",
             "table3_ours_vs_paper.png", "training_curves.png"} <= set(pngs)
