@@ -86,11 +86,17 @@ def test_git_commit_marks_dirty_tree(tmp_path):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
     git("init", "-q")
     (tmp_path / "a.txt").write_text("one\n")
-    git("add", "a.txt")
+    (tmp_path / "params.yaml").write_text("profile: paper\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.md").write_text("old\n")
+    git("add", "a.txt", "params.yaml", "results/t.md")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
     clean = git_commit(tmp_path)
     assert len(clean) >= 7 and not clean.endswith("-dirty")
     (tmp_path / "untracked.txt").write_text("ignored for dirtiness\n")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "params.yaml").write_text("profile: quick\n")  # what `dvc exp run -S` rewrites: not code
+    (tmp_path / "results" / "t.md").write_text("new\n")  # what the stages write: not code
     assert git_commit(tmp_path) == clean
     (tmp_path / "a.txt").write_text("two\n")
     assert git_commit(tmp_path) == f"{clean}-dirty"

@@ -21,10 +21,16 @@ from typing import Any
 UNKNOWN = "unknown"
 
 
-def git_commit(repo_dir: str | Path) -> str:
-    """Short hash of HEAD in ``repo_dir``, with ``-dirty`` when tracked files have uncommitted changes.
+# What a pipeline run itself rewrites: `dvc exp run -S` edits params.yaml (the params hash records its values),
+# DVC writes dvc.lock, the stages write results/. A change anywhere else is a change of the code.
+NOT_CODE = ("params.yaml", "dvc.lock", "results/")
 
-    Untracked files do not count (as with ``git describe --dirty``): pipeline outputs live beside the code.
+
+def git_commit(repo_dir: str | Path) -> str:
+    """Short hash of HEAD in ``repo_dir``, with ``-dirty`` when tracked code differs from it.
+
+    Untracked files do not count (as with ``git describe --dirty``), nor do :data:`NOT_CODE`: what the
+    pipeline itself writes. So ``-dirty`` means the code that ran was not the commit named.
 
     Returns:
         e.g. ``"3f2a9c1"`` or ``"3f2a9c1-dirty"``; ``"unknown"`` outside a git work tree, in a repository
@@ -32,10 +38,11 @@ def git_commit(repo_dir: str | Path) -> str:
     """
     try:
         head = _git(repo_dir, "rev-parse", "--short", "HEAD")
-        changes = _git(repo_dir, "status", "--porcelain", "--untracked-files=no")
+        changed = _git(repo_dir, "diff", "--name-only", "HEAD")  # tracked files, staged or not
     except (OSError, subprocess.SubprocessError):
         return UNKNOWN
-    return f"{head}-dirty" if changes else head
+    code = [path for path in changed.splitlines() if not path.startswith(NOT_CODE)]
+    return f"{head}-dirty" if code else head
 
 
 def _git(repo_dir: str | Path, *args: str) -> str:
@@ -154,7 +161,7 @@ def provenance_header(run_info: Mapping[str, Any]) -> str:
         f"- Input size: {input_size}",
         f"- Hardware: {get('hardware')}; numerics {run_info.get('fast_path') or get('precision')}",
         f"- Train wall time: {_format_seconds(run_info.get('train_wall_s'))}",
-        f"- Git commit: {get('git_commit')}",
+        f"- Git commit: {get('git_commit')}" + _code_note(str(get("git_commit"))),
         f"- Params hash: {get('params_hash')}",
         f"- Date: {get('date')}",
         "",
@@ -165,6 +172,14 @@ def provenance_header(run_info: Mapping[str, Any]) -> str:
     else:
         lines.append("**Protocol: the paper's (paper profile, full data set, ImageNet-pretrained backbone).**")
     return "\n".join(f"> {line}" if line else ">" for line in lines) + "\n"
+
+
+def _code_note(commit: str) -> str:
+    if commit == UNKNOWN:
+        return ""
+    if commit.endswith("-dirty"):
+        return " (the code that ran differed from this commit)"
+    return " (the code that ran, as committed; params.yaml as the params hash says)"
 
 
 def _format_seconds(seconds: float | None) -> str:
