@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from farnet.data.cache import load_cache
 from farnet.coords import rescale_points
+from farnet.data.cache import load_cache
 from farnet.data.imageio import resize_grayscale
 from farnet.errors import DataError
 

@@ -41,9 +41,7 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
         pred = predict_landmarks(model, view.images, batch_size=params.eval.batch_size, device=device,
                                  precision=precision, channels_last=channels_last, progress=progress,
                                  desc=f"evaluate {split}")
-        # custom data without a spacing for every image: errors in original pixels (README)
-        unit = "px" if spec.unit == "mm" and not np.all(np.isfinite(view.spacing_mm)) else spec.unit
-        summaries, table, rows = evaluate_split(pred, view, params.eval.sdr_radii_mm, unit,
+        summaries, table, rows = evaluate_split(pred, view, params.eval.sdr_radii_mm, error_unit(spec.unit, view),
                                                 angles=info["extras"].get("cobb_angles_deg"))
         metrics[split] = summaries["argmax"]
         metrics[f"{split}_subpixel"] = summaries["subpixel"]
@@ -56,6 +54,12 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
     train_info = json.loads((model_dir / "train_info.json").read_text())
     write_json(results / "runs" / f"{name}.json", run_info(meta["params"], train_info, info))
     return metrics
+
+
+def error_unit(unit: str, view) -> str:
+    """The unit errors of a split are reported in: the dataset's, except "px" for mm without a spacing for
+    every image (own data whose CSV leaves ``spacing_mm`` empty, README)."""
+    return "px" if unit == "mm" and not np.all(np.isfinite(view.spacing_mm)) else unit
 
 
 def run_info(trained: dict, info: dict, dataset_info: dict) -> dict:
