@@ -38,6 +38,7 @@ from farnet.data.imageio import map_points, read_image_with_spacing, resize_gray
 from farnet.data.registry import DATASETS
 from farnet.errors import ConfigError, DataError, FarnetError, WriteError
 from farnet.evaluate import predict_landmarks
+from farnet.fastpath import default_device
 from farnet.trained import TrainedModel, load_trained_model
 
 __all__ = ["TrainedModel", "Prediction", "load_trained_model", "predict_images", "write_prediction",
@@ -262,8 +263,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--spacing-mm must be a positive number, got {args.spacing_mm}")
     images = list(args.images)
     _check_outputs(images, args.out)
-    device = torch.device(args.device or os.environ.get("FARNET_DEVICE")
-                          or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     trained = load_trained_model(args.model, device=device)
     errors: list | None = [] if args.keep_going else None
     written = 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from farnet.bench.report import (AUTHORS_CPU_INFERENCE_S, AUTHORS_CPU_ISA, AUTHO
                                  AUTHORS_REFERENCE, AUTHORS_STEP_GFLOP, SCHEMA_VERSION, add_ratios, cpu_isa, device_name,
                                  device_peak, device_slug, markdown_table, write_report)
 from farnet.errors import ConfigError
-from farnet.fastpath import bf16_native, resolve, tune_backends
+from farnet.fastpath import bf16_native, default_device, resolve, tune_backends
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or os.environ.get("FARNET_DEVICE")
-                          or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     size_hw = tuple(args.size) if args.size else ((160, 128) if args.quick else (800, 640))
     if any(v <= 0 or v % 32 for v in size_hw):
         raise ConfigError(f"--size {size_hw[0]} {size_hw[1]}: both must be positive multiples of 32")
