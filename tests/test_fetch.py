@@ -1,5 +1,5 @@
-"""Tests of farnet.data.fetch: safe archive extraction, verified copies, the ISBI mirror fetch and the
-figshare path (offline, with canned answers)."""
+"""Tests of farnet.data.fetch: safe archive extraction, the committed manifests, verified copies, the mirror
+fetches (ISBI, hand, spine) and the figshare path (offline, with canned answers)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import stat
 import sys
 import tarfile
@@ -24,7 +25,10 @@ from farnet.data.fetch import (
     safe_extract,
     sha256_file,
 )
+from farnet.data.hand import fetch_hand
 from farnet.data.isbi import read_isbi2015
+from farnet.data.manifest import Manifest, hash_folder, write_manifest
+from farnet.data.spine import fetch_spine
 from farnet.errors import DataError
 
 
@@ -119,6 +123,51 @@ def test_safe_extract_good_archive(tmp_path, make):
         assert alias.read_bytes() == b"TrainingData/001.txt"
 
 
+def _dest_with_links(tmp_path: Path) -> tuple[Path, Path]:
+    """dest holding links made before extraction: two leading outside it, one to a folder inside it."""
+    outside, dest = tmp_path / "outside", tmp_path / "dest"
+    outside.mkdir()
+    (dest / "real").mkdir(parents=True)
+    (dest / "sub").symlink_to("../outside")  # a folder link leading out
+    (dest / "f2").symlink_to(outside / "f2")  # a file link leading out (absolute, dangling)
+    (dest / "alias").symlink_to("real")  # a link that stays inside
+    (dest / "chain").symlink_to("sub")  # inside, to a link leading out
+    return dest, outside
+
+
+@pytest.mark.parametrize("make", [_tar, _zip], ids=["tar", "zip"])
+@pytest.mark.parametrize("member,link", [("sub/f.txt", "sub"), ("sub/deep/f.txt", "sub"), ("f2", "f2"),
+                                         ("sub", "sub"), ("chain/f.txt", "chain")])
+def test_safe_extract_refuses_writing_through_a_link_already_in_dest(tmp_path, make, member, link):
+    dest, outside = _dest_with_links(tmp_path)
+    archive = make(tmp_path / ("a.tar.gz" if make is _tar else "a.zip"), [("ok.txt", "file", b"fine"),
+                                                                       (member, "file", b"evil")])
+    with pytest.raises(DataError, match=rf"refusing member '{member}': '{link}' is a link already in "
+                                        rf"{re.escape(str(dest))} that leads outside it"):
+        safe_extract(archive, dest)
+    assert list(outside.iterdir()) == [] and not (dest / "ok.txt").exists()  # refused before writing
+
+
+@pytest.mark.parametrize("make", [_tar, _zip], ids=["tar", "zip"])
+def test_safe_extract_refuses_an_archive_link_chained_to_a_link_in_dest(tmp_path, make):
+    dest, outside = _dest_with_links(tmp_path)
+    archive = make(tmp_path / ("a.tar.gz" if make is _tar else "a.zip"),
+                   [("hop", "symlink", "alias/../sub"), ("hop/f.txt", "file", b"evil")])
+    with pytest.raises(DataError, match=r"refusing member 'hop': 'sub' is a link already in"):
+        safe_extract(archive, dest)
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("make", [_tar, _zip], ids=["tar", "zip"])
+def test_safe_extract_follows_links_inside_dest_and_extracts_twice(tmp_path, make):
+    dest, outside = _dest_with_links(tmp_path)
+    archive = make(tmp_path / ("a.tar.gz" if make is _tar else "a.zip"),
+                   [("alias/f.txt", "file", b"one"), ("link", "symlink", "real/f.txt")])
+    safe_extract(archive, dest)
+    safe_extract(archive, dest)  # again, over its own link (tar made 'link' a real link the first time)
+    assert (dest / "real" / "f.txt").read_bytes() == b"one" and list(outside.iterdir()) == []
+
+
 def test_safe_extract_rar_without_rarfile_and_non_archive(tmp_path, monkeypatch):
     rar = tmp_path / "RawImage.rar"
     rar.write_bytes(b"Rar!\x1a\x07\x01\x00" + b"\x00" * 32)
@@ -181,30 +230,169 @@ def test_copy_verified_copies_skips_and_refuses(tmp_path, monkeypatch):
         copy_verified(src, dest, [("../f.bin", None)], progress=False)
 
 
+def _manifest_of(folder: Path, path: Path) -> Path:
+    return write_manifest(path, hash_folder(folder))
+
+
 def test_fetch_from_fake_mirror_and_wrong_hash(tmp_path):
     mirror = _fake_mirror(tmp_path / "mirror")
+    manifest = _manifest_of(mirror, tmp_path / "isbi2015.sha256")
     dest = tmp_path / "data"
     (dest / "RawImage" / "TrainingData").mkdir(parents=True)
     (dest / "RawImage" / "TrainingData" / ".001.jpg.999.tmp").write_bytes(b"half")  # an interrupted run
-    summary = fetch_isbi2015(dest, mirror, progress=False)
+    summary = fetch_isbi2015(dest, mirror, progress=False, manifest=manifest)
     assert summary == {"source": "mirror", "mirror": str(mirror), "n_images": 2, "files": 7}
     fetched = json.loads((dest / "FETCHED.json").read_text())
     assert fetched["sha256"]["RawImage/Test1Data/151.jpg"] == _sha(b"image 151")
     assert (dest / "MANIFEST.json").read_text() == (mirror / "MANIFEST.json").read_text()
     assert not list(dest.rglob("*.tmp"))
 
-    manifest = json.loads((mirror / "MANIFEST.json").read_text())
-    manifest["files"][1]["annotations"]["400_junior"]["sha256"] = "f" * 64
-    (mirror / "MANIFEST.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"AnnotationsByMD/400_junior/151\.txt: sha256 mismatch"):
-        fetch_isbi2015(tmp_path / "other", mirror, progress=False)
     with pytest.raises(ValueError, match=r"image ids not in .*MANIFEST\.json: \['999'\]"):
-        fetch_isbi2015(tmp_path / "other", mirror, ids=["999"], progress=False)
+        fetch_isbi2015(tmp_path / "other", mirror, ids=["999"], progress=False, manifest=manifest)
     with pytest.raises(DataError, match=r"nowhere: mirror folder not found \(check FARNET_DATA_MIRROR\)"):
-        fetch_isbi2015(dest, tmp_path / "nowhere", progress=False)
+        fetch_isbi2015(dest, tmp_path / "nowhere", progress=False, manifest=manifest)
+    (mirror / "AnnotationsByMD" / "400_junior" / "151.txt").write_text("400_junior 151 edited\n")
+    with pytest.raises(DataError, match=r"AnnotationsByMD/400_junior/151\.txt: sha256 mismatch for .*: manifest "
+                                        r"says [0-9a-f]{64}, file has"):
+        fetch_isbi2015(tmp_path / "other", mirror, progress=False, manifest=manifest)
+    (mirror / "AnnotationsByMD" / "400_junior" / "151.txt").write_text("400_junior 151\n")
     (mirror / "MANIFEST.json").write_text("[")
-    with pytest.raises(DataError, match=r"MANIFEST\.json: malformed manifest"):
-        fetch_isbi2015(dest, mirror, progress=False)
+    with pytest.raises(DataError, match=r"mirror/MANIFEST\.json: sha256 mismatch"):  # the mirror cannot vouch
+        fetch_isbi2015(tmp_path / "third", mirror, progress=False, manifest=manifest)
+    with pytest.raises(DataError, match=r"MANIFEST\.json: malformed manifest"):  # vouched for, but malformed
+        fetch_isbi2015(tmp_path / "third", mirror, progress=False,
+                       manifest=_manifest_of(mirror, tmp_path / "again.sha256"))
+
+
+# ---- checked against the committed manifests: the expected sums are the project's, never the mirror's -------
+
+def test_missing_or_unlisted_files_are_errors_naming_them(tmp_path):
+    mirror = _fake_mirror(tmp_path / "mirror")
+    manifest = _manifest_of(mirror, tmp_path / "isbi2015.sha256")
+    (mirror / "RawImage" / "TrainingData" / "002.jpg").write_bytes(b"an image nobody listed")
+    with pytest.raises(DataError, match=r"mirror/RawImage/TrainingData/002\.jpg: not listed in .*isbi2015\.sha256"):
+        fetch_isbi2015(tmp_path / "dest", mirror, progress=False, manifest=manifest)
+    (mirror / "RawImage" / "TrainingData" / "002.jpg").unlink()
+    (mirror / "AnnotationsByMD" / "400_senior" / "151.txt").unlink()
+    expected = _sha(b"400_senior 151\n")
+    with pytest.raises(DataError, match=rf"mirror/AnnotationsByMD/400_senior/151\.txt: missing: .*isbi2015\.sha256 "
+                                        rf"lists it with sha256 {expected} \(1 listed file\(s\) missing\)"):
+        fetch_isbi2015(tmp_path / "dest", mirror, ids=["001"], progress=False, manifest=manifest)
+    assert not (tmp_path / "dest" / "RawImage").exists()  # refused before copying any image
+
+
+def _spine_mirror(root: Path) -> Path:
+    """A tiny spine mirror: one image per split folder, with its .mat and the three tables."""
+    for split_dir in ("training", "test"):
+        (root / "data" / split_dir).mkdir(parents=True)
+        (root / "labels" / split_dir).mkdir(parents=True)
+        (root / "data" / split_dir / "a 1.jpg").write_bytes(f"jpg {split_dir}".encode())
+        (root / "labels" / split_dir / "a 1.jpg.mat").write_bytes(f"mat {split_dir}".encode())
+        for table in ("filenames", "landmarks", "angles"):
+            (root / "labels" / split_dir / f"{table}.csv").write_text("a 1.jpg\n" if table == "filenames" else "0\n")
+    return root
+
+
+def test_spine_tables_are_verified(tmp_path):
+    mirror = _spine_mirror(tmp_path / "mirror")
+    manifest = _manifest_of(mirror, tmp_path / "spine.sha256")
+    summary = fetch_spine(tmp_path / "out", mirror, progress=False, manifest=manifest)
+    assert summary["n_images_by_split"] == {"training": 1, "test": 1} and summary["files"] == 10
+    (mirror / "labels" / "test" / "angles.csv").write_text("1\n")  # an annotation, not an image
+    with pytest.raises(DataError, match=r"labels/test/angles\.csv: sha256 mismatch"):
+        fetch_spine(tmp_path / "again", mirror, progress=False, manifest=manifest)
+
+
+def _hand_mirror(root: Path) -> Path:
+    """A tiny hand mirror: Payer et al.'s files (two ids) and the project mirror's own files (one PNG)."""
+    (root / "images").mkdir(parents=True)
+    (root / "setup" / "all.csv").parent.mkdir(parents=True)
+    points = ",".join(str(float(v)) for v in range(74))  # 37 (x, y), the wrist points apart
+    (root / "setup" / "all.csv").write_text(f"3001,{points}\n3002,{points}\n")
+    for fold in (1, 2, 3):
+        (root / "setup" / "cv" / f"set{fold}").mkdir(parents=True)
+        (root / "setup" / "cv" / f"set{fold}" / "train.txt").write_text("3001\n")
+        (root / "setup" / "cv" / f"set{fold}" / "test.txt").write_text("3002\n")
+    (root / "images" / "3001.png").write_bytes(b"png 3001")
+    (root / "images.json").write_text("{}")
+    return root
+
+
+def test_hand_fetch_verifies_and_reports_what_it_cannot(tmp_path):
+    mirror = _hand_mirror(tmp_path / "mirror")
+    manifest = _manifest_of(mirror, tmp_path / "hand.sha256")
+    summary = fetch_hand(tmp_path / "a", mirror, progress=False, manifest=manifest)
+    assert summary["n_images"] == 1 and summary["unverified_images"] == 0 and summary["files"] == 9
+    # A full Digital Hand Atlas copy: none of the mirror's own files, the split's images as JPEGs.
+    (mirror / "images.json").unlink()
+    (mirror / "images" / "3001.png").unlink()
+    for image_id in ("3001", "3002"):
+        (mirror / "images" / f"{image_id}.jpg").write_bytes(image_id.encode())
+    summary = fetch_hand(tmp_path / "b", mirror, progress=False, manifest=manifest)
+    assert summary["n_images"] == 2 and summary["unverified_images"] == 2 and "no committed sha256" in summary["note"]
+    fetched = json.loads((tmp_path / "b" / "FETCHED.json").read_text())
+    assert fetched["unverified"] == ["images/3001.jpg", "images/3002.jpg"]
+    assert fetched["sha256"]["images/3002.jpg"] == _sha(b"3002")
+    # Anything else unlisted is an error; so is half of the project mirror's own files.
+    (mirror / "images" / "9999.jpg").write_bytes(b"not in the split")
+    with pytest.raises(DataError, match=r"images/9999\.jpg: not listed in"):
+        fetch_hand(tmp_path / "c", mirror, progress=False, manifest=manifest)
+    (mirror / "images" / "9999.jpg").unlink()
+    (mirror / "images" / "3001.png").write_bytes(b"png 3001")
+    with pytest.raises(DataError, match=r"mirror/images\.json: missing: .* lists it with sha256"):
+        fetch_hand(tmp_path / "c", mirror, progress=False, manifest=manifest)
+    (mirror / "images.json").write_text("{}")
+    (mirror / "setup" / "cv" / "set2" / "test.txt").unlink()
+    with pytest.raises(DataError, match=r"setup/cv/set2/test\.txt: missing"):
+        fetch_hand(tmp_path / "c", mirror, progress=False, manifest=manifest)
+
+
+def _writable_copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    for item in [dest, *dest.rglob("*")]:  # the mirror is read-only; its copy must not be
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    return dest
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.mirror
+def test_a_mirror_cannot_vouch_for_itself(mirror_root, tmp_path):
+    """The issue's case: without images.json and with a flipped byte, the hand fetch used to succeed."""
+    if not (mirror_root / "hand_dha" / "images.json").is_file():
+        pytest.skip(f"no hand_dha/images.json under {mirror_root}")
+    mirror = _writable_copy(mirror_root / "hand_dha", tmp_path / "hand_dha")
+    committed = Manifest.committed("hand_dha").sha256
+    victim = next(rel for rel in sorted(committed) if rel.startswith("images/"))
+    (mirror / "images.json").unlink()
+    _flip_last_byte(mirror / victim)
+    with pytest.raises(DataError, match=r"hand_dha/images\.json: missing: .*hand_dha\.sha256 lists it"):
+        fetch_hand(tmp_path / "hand", mirror, progress=False)
+    shutil.copyfile(mirror_root / "hand_dha" / "images.json", mirror / "images.json")
+    with pytest.raises(DataError, match=rf"{victim}: sha256 mismatch .*manifest says {committed[victim]}"):
+        fetch_hand(tmp_path / "hand", mirror, progress=False)
+    assert not (tmp_path / "hand" / victim).exists()
+
+
+@pytest.mark.mirror
+def test_a_corrupt_spine_image_is_refused(mirror_root, tmp_path):
+    real = mirror_root / "spine_boostnet"
+    if not real.is_dir():
+        pytest.skip(f"no spine_boostnet/ under {mirror_root}")
+    mirror = tmp_path / "spine_boostnet"  # links to the real files, save one corrupted copy
+    for rel in Manifest.committed("spine_boostnet").sha256:
+        (mirror / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mirror / rel).symlink_to(real / rel)
+    victim = sorted(rel for rel in Manifest.committed("spine_boostnet").sha256 if rel.startswith("data/"))[0]
+    (mirror / victim).unlink()
+    shutil.copyfile(real / victim, mirror / victim)
+    _flip_last_byte(mirror / victim)
+    with pytest.raises(DataError, match=rf"{re.escape(victim)}: sha256 mismatch"):
+        fetch_spine(tmp_path / "out", mirror, progress=False)
 
 
 @pytest.mark.mirror

@@ -182,22 +182,25 @@ def test_fetch_without_mirror_says_where_to_get_the_data(tmp_path):
 
 
 def test_fetch_tiny_mirror(tmp_path):
+    from farnet.data.manifest import hash_folder, write_manifest
+
     mirror = tmp_path / "mirror"
     _tiny_spine(mirror, ["a 1.jpg"])
     (mirror / "labels" / "test").mkdir()
     (mirror / "data" / "test").mkdir()
-    (mirror / "labels" / "test" / "filenames.csv").write_text("a 1.jpg\n")
-    with pytest.raises(DataError, match="listed file missing from the mirror"):
-        fetch_spine(tmp_path / "out", mirror, progress=False)
     for rel in ("labels/training/", "data/training/"):
         for item in (mirror / rel).iterdir():
             target = mirror / rel.replace("training", "test") / item.name
             target.write_bytes(item.read_bytes())
-    summary = fetch_spine(tmp_path / "out", mirror, progress=False)
+    manifest = write_manifest(tmp_path / "spine.sha256", hash_folder(mirror))  # the tiny mirror's own sums
+    summary = fetch_spine(tmp_path / "out", mirror, progress=False, manifest=manifest)
     assert summary["n_images"] == 2 and summary["n_images_by_split"] == {"training": 1, "test": 1}
     hashes = json.loads((tmp_path / "out" / "FETCHED.json").read_text())["sha256"]
     assert "labels/test/a 1.jpg.mat" in hashes and len(hashes) == summary["files"] == 10
     assert len(read_spine(tmp_path / "out", "test")) == 1
+    (mirror / "data" / "test" / "a 1.jpg").unlink()
+    with pytest.raises(DataError, match=r"data/test/a 1\.jpg: missing: .*spine\.sha256 lists it"):
+        fetch_spine(tmp_path / "again", mirror, progress=False, manifest=manifest)
 
 
 # ---- mirror ----------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from farnet.data.fetch import MIRROR_ENV, copy_verified, sha256_file
+from farnet.data.fetch import MIRROR_ENV, copy_verified
+from farnet.data.manifest import Manifest
 from farnet.data.sample import Sample
 from farnet.data.imageio import read_image_size
 from farnet.errors import DataError
@@ -289,25 +290,57 @@ def read_hand(root: str | Path, fold: int, split: str) -> list[Sample]:
     return samples
 
 
-def fetch_hand(dest: str | Path, mirror: str | Path | None, *, progress: bool = True) -> dict:
-    """Copy the hand dataset from its mirror into dest, verifying every file (DESIGN §2.1).
+def _split_ids(root: Path) -> set[str]:
+    """Every image id of the three folds' train and test files."""
+    return {i for fold in FOLDS for split in SPLITS for i in hand_fold_ids(root, fold, split)}
 
-    Images are checked against the sha256 sums of the mirror's ``images.json`` (without one, e.g. a mirror
-    holding the full DHA set, every ``images/*.png|jpg`` is copied and its hash recorded); the annotation,
-    fold and info files have no published hash, so the mirror's is computed and the copy checked against it.
-    Writes ``dest/FETCHED.json``: the summary plus every file's sha256.
+
+def _mirror_files(mirror: Path, manifest: Manifest) -> tuple[list[str], list[str]]:
+    """(listed files to copy, unlisted images to copy unverified) of a hand mirror, or DataError.
+
+    Payer et al.'s published files (``setup/``) are required. The project mirror's own files (its 9 PNGs,
+    images.json, README.txt) come all or none, so a folder holding the full Digital Hand Atlas instead
+    passes. An unlisted file is an error unless it is ``images/<id>.<png|jpg>`` of an id of the split.
+    """
+    missing, unlisted = manifest.compare(mirror)
+    own_present = {rel for rel in manifest.sha256 if not rel.startswith("setup/")} - set(missing)
+    required = [rel for rel in missing if rel.startswith("setup/") or own_present]
+    if required:
+        raise manifest.missing_error(mirror, required)
+    ids = _split_ids(mirror)
+    unverified = [rel for rel in unlisted if Path(rel).parent == Path("images")
+                  and Path(rel).suffix in IMAGE_SUFFIXES and Path(rel).stem in ids]
+    others = [rel for rel in unlisted if rel not in set(unverified)]
+    if others:
+        raise manifest.unlisted_error(mirror, others)
+    return sorted(set(manifest.sha256) - set(missing)), unverified
+
+
+def fetch_hand(dest: str | Path, mirror: str | Path | None, *, progress: bool = True,
+               manifest: str | Path | None = None) -> dict:
+    """Copy the hand dataset from its mirror into dest, verifying every file the project knows (DESIGN §2.1).
+
+    Every file is checked against the committed manifest (``farnet/data/manifests/hand_dha.sha256``):
+    Payer et al.'s ``setup/all.csv`` and fold files, which must be present, and the project mirror's own
+    files (its 9 PNGs, ``images.json``, ``README.txt``), which must be all present or all absent. Images of
+    the split that the manifest does not list (the Digital Hand Atlas JPEGs of a full copy) are copied and
+    hashed but cannot be verified: FETCHED.json lists them under "unverified" and a warning says so. Any
+    other unlisted file is an error. Writes ``dest/FETCHED.json``: the summary plus every file's sha256.
 
     Args:
         dest: folder to fill.
         mirror: the dataset's mirror folder (``$FARNET_DATA_MIRROR/hand_dha``), or None.
         progress: show a progress bar.
+        manifest: the expected sha256 of the files; None = the committed one.
 
     Returns:
         {"source": "mirror", "mirror": str, "n_images": images copied, "images_listed": 895,
-        "images_present": images copied that the split lists, "note": str, "files": int}.
+        "images_present": images copied that the split lists, "unverified_images": int, "note": str,
+        "files": int}.
 
     Raises:
-        DataError: no mirror (the message says where to get the data), a missing file or a hash mismatch.
+        DataError: no mirror (the message says where to get the data), a missing or unlisted file, or a hash
+            mismatch, naming the file.
     """
     dest = Path(dest)
     if mirror is None:
@@ -321,37 +354,28 @@ def fetch_hand(dest: str | Path, mirror: str | Path | None, *, progress: bool = 
     mirror = Path(mirror)
     if not mirror.is_dir():
         raise DataError(mirror, f"mirror folder not found (check {MIRROR_ENV})")
+    expected = Manifest.committed("hand_dha") if manifest is None else Manifest.read(manifest)
+    listed, unverified = _mirror_files(mirror, expected)
     dest.mkdir(parents=True, exist_ok=True)
     for stale in dest.rglob(".*.tmp"):  # temporary files of an interrupted fetch
         stale.unlink()
-    info = _load_image_info(mirror)
-    if info:
-        entries = []
-        for image_id, entry in info.items():
-            path = find_hand_image(mirror, image_id)
-            if path is None:
-                raise DataError(mirror / IMAGE_INFO_FILE, f"image {image_id} is listed but not in images/")
-            if not isinstance(entry.get("sha256"), str):
-                raise DataError(mirror / IMAGE_INFO_FILE, f"image {image_id} has no sha256")
-            entries.append((path.relative_to(mirror).as_posix(), entry["sha256"]))
-    else:
-        entries = [(p.relative_to(mirror).as_posix(), None) for p in sorted((mirror / "images").glob("*"))
-                   if p.suffix in IMAGE_SUFFIXES]
-    hashes = copy_verified(mirror, dest, entries, progress=progress, desc="hand_dha")
-    if not (mirror / ANNOTATION_FILE).is_file():
-        raise DataError(mirror / ANNOTATION_FILE, "mirror has no annotation file")
-    text_files = [ANNOTATION_FILE] + sorted(p.relative_to(mirror).as_posix()
-                                            for p in (mirror / "setup" / "cv").rglob("*.txt"))
-    text_files += [name for name in (IMAGE_INFO_FILE, "README.txt") if (mirror / name).is_file()]
-    # No published hash for these: hash the mirror's copy, so the copy is verified and re-runs skip it.
-    hashes.update(copy_verified(mirror, dest, [(rel, sha256_file(mirror / rel)) for rel in text_files],
-                                progress=False))
+    hashes = copy_verified(mirror, dest, expected.entries(listed), progress=progress, desc="hand_dha")
+    if unverified:
+        # deviation: DESIGN §2.1 verifies every file; the Digital Hand Atlas publishes no checksums, so the
+        # images of a full copy are recorded, not verified.
+        log.warning("hand_dha: %d images are not in %s; copied and hashed but not verified", len(unverified),
+                    expected.path)
+        hashes.update(copy_verified(mirror, dest, [(rel, None) for rel in unverified], progress=progress,
+                                    desc="hand_dha (unverified)"))
     counts = hand_counts(dest)
+    n_images = sum(1 for rel in hashes if rel.startswith("images/") and Path(rel).suffix in IMAGE_SUFFIXES)
     summary = {
-        "source": "mirror", "mirror": str(mirror), "n_images": len(entries),
+        "source": "mirror", "mirror": str(mirror), "n_images": n_images,
         "images_listed": counts["listed"], "images_present": counts["present"],
-        "note": f"the mirror holds {counts['present']} of the {counts['listed']} images of Payer et al.'s split",
+        "unverified_images": len(unverified),
+        "note": f"the mirror holds {counts['present']} of the {counts['listed']} images of Payer et al.'s split"
+                + (f"; {len(unverified)} have no committed sha256" if unverified else ""),
         "files": len(hashes),
     }
-    write_json(dest / "FETCHED.json", {**summary, "sha256": dict(sorted(hashes.items()))})
+    write_json(dest / "FETCHED.json", {**summary, "unverified": unverified, "sha256": dict(sorted(hashes.items()))})
     return summary

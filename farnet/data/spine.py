@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from farnet.data.fetch import MIRROR_ENV, copy_verified, sha256_file
+from farnet.data.fetch import MIRROR_ENV, copy_verified
+from farnet.data.manifest import Manifest
 from farnet.data.sample import Sample
 from farnet.data.imageio import read_image_size
 from farnet.errors import DataError
@@ -260,24 +261,27 @@ def spine_splits(ids: Iterable[str], seed: int, n_test: int = 50, n_folds: int =
     return splits
 
 
-def fetch_spine(dest: str | Path, mirror: str | Path | None, *, progress: bool = True) -> dict:
-    """Copy the spine dataset from its mirror into dest, verifying every copy (DESIGN §2.1).
+def fetch_spine(dest: str | Path, mirror: str | Path | None, *, progress: bool = True,
+                manifest: str | Path | None = None) -> dict:
+    """Copy the spine dataset from its mirror into dest, verifying every file (DESIGN §2.1).
 
-    There is no published manifest: each mirror file's sha256 is computed, the copy is checked against it,
-    and all are recorded in ``dest/FETCHED.json``. Copied: every image of filenames.csv, its .mat, the three
-    tables per split folder, and README.txt.
+    The mirror must hold exactly the files of the committed manifest (``farnet/data/manifests/
+    spine_boostnet.sha256``): every image, its .mat, the three tables per split folder and README.txt. Each
+    copy is checked against its sha256, and all are recorded in ``dest/FETCHED.json``.
 
     Args:
         dest: folder to fill.
         mirror: the dataset's mirror folder (``$FARNET_DATA_MIRROR/spine_boostnet``), or None.
         progress: show a progress bar.
+        manifest: the expected sha256 of every file; None = the committed one.
 
     Returns:
         {"source": "mirror", "mirror": str, "n_images": 609, "n_images_by_split": {"training": 481,
         "test": 128}, "files": int}.
 
     Raises:
-        DataError: no mirror (the message says where to get the data), or a listed file is missing.
+        DataError: no mirror (the message says where to get the data), a missing or unlisted file, or a hash
+            mismatch, naming the file.
     """
     dest = Path(dest)
     if mirror is None:
@@ -288,23 +292,13 @@ def fetch_spine(dest: str | Path, mirror: str | Path | None, *, progress: bool =
     mirror = Path(mirror)
     if not mirror.is_dir():
         raise DataError(mirror, f"mirror folder not found (check {MIRROR_ENV})")
+    expected = Manifest.committed("spine_boostnet") if manifest is None else Manifest.read(manifest)
+    expected.check_listing(mirror)
     dest.mkdir(parents=True, exist_ok=True)
     for stale in dest.rglob(".*.tmp"):  # temporary files of an interrupted fetch
         stale.unlink()
-    rels, counts = [], {}
-    for split_dir in SPLIT_DIRS:
-        names = read_spine_filenames(mirror, split_dir)
-        counts[split_dir] = len(names)
-        rels += [f"labels/{split_dir}/{table}" for table in ("filenames.csv", "landmarks.csv", "angles.csv")]
-        for name in names:
-            rels += [f"data/{split_dir}/{name}", f"labels/{split_dir}/{name}.mat"]
-    if (mirror / "README.txt").is_file():
-        rels.append("README.txt")
-    missing = [rel for rel in rels if not (mirror / rel).is_file()]
-    if missing:
-        raise DataError(mirror / missing[0], f"listed file missing from the mirror ({len(missing)} missing)")
-    entries = [(rel, sha256_file(mirror / rel)) for rel in rels]
-    hashes = copy_verified(mirror, dest, entries, progress=progress, desc="spine_boostnet")
+    hashes = copy_verified(mirror, dest, expected.entries(), progress=progress, desc="spine_boostnet")
+    counts = {split_dir: len(read_spine_filenames(dest, split_dir)) for split_dir in SPLIT_DIRS}
     summary = {"source": "mirror", "mirror": str(mirror), "n_images": sum(counts.values()),
                "n_images_by_split": counts, "files": len(hashes)}
     write_json(dest / "FETCHED.json", {**summary, "sha256": dict(sorted(hashes.items()))})
