@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from farnet.errors import ConfigError
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -92,8 +94,41 @@ def autocast(device: str | torch.device, precision: str, cache_enabled: bool = T
 
 
 def default_device() -> torch.device:
-    """``FARNET_DEVICE`` if set, else CUDA when available, else CPU."""
-    return torch.device(os.environ.get("FARNET_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """``FARNET_DEVICE`` if set (checked by :func:`parse_device`), else CUDA when available, else CPU."""
+    name = os.environ.get("FARNET_DEVICE")
+    if name:
+        return parse_device(name, "FARNET_DEVICE")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_device(name: str, source: str = "--device") -> torch.device:
+    """The torch device ``name`` names, checked to exist on this machine.
+
+    Args:
+        name: "cpu", "cuda", "cuda:N" or "mps".
+        source: where the name came from (an option or a variable), for the message.
+
+    Raises:
+        ConfigError: naming ``source``: not a device name, a kind of device this project does not run on, or a
+            CUDA/MPS device this machine does not have.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"{source}: {name!r} is not a device (use cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"{source}: {name!r} asked for, but {why}; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{source}: {name!r} asked for, but this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{source}: {name!r} asked for, but Apple's MPS is not available here; use cpu")
+    elif device.type != "cpu":
+        raise ConfigError(f"{source}: {name!r} is not a device this project runs on (use cpu, cuda, cuda:N or mps)")
+    return device
 
 
 def tune_backends(device: str | torch.device) -> None:

@@ -51,10 +51,14 @@ def load_trained_model(path: str | Path, *, device: str | torch.device = "cpu",
         num_landmarks: when given, the model must predict exactly this many landmarks.
 
     Raises:
-        DataError: naming the file, when it is not a trained model file, its metadata is incomplete, it is for
-            another number of landmarks, or its weights do not fit the network its metadata describes.
+        DataError: naming the file, when it is a folder or not a trained model file, its metadata is incomplete
+            or its ``input_hw`` not a multiple of the network's coarsest stride, it is for another number of
+            landmarks, or its weights do not fit the network its metadata describes or are not finite.
     """
     path = Path(path)
+    if path.is_dir():
+        hint = f"; did you mean {path / 'model.pt'}?" if (path / "model.pt").is_file() else ""
+        raise DataError(path, f"is a folder, not a model file (models/<run>/model.pt){hint}")
     state = load_checkpoint(path, map_location="cpu")
     meta = state.get("meta")
     if not isinstance(meta, dict):
@@ -79,6 +83,10 @@ def load_trained_model(path: str | Path, *, device: str | torch.device = "cpu",
         raise DataError(path, f"model predicts {k} landmarks (dataset {meta.get('dataset')!r}), but "
                               f"{num_landmarks} are expected here")
     model = build_model(model_params(meta, path), k)
+    multiple = input_multiple(model)
+    if any(v % multiple for v in hw):
+        raise DataError(path, f"model metadata input_hw {hw!r} is not a multiple of {multiple}, the stride of "
+                              "the network's coarsest level (the train stage never writes such a file)")
     _load_weights(model, state["model"], path, k)
     model.to(device).eval()
     return TrainedModel(model=model, meta=meta, path=path)
@@ -97,6 +105,14 @@ def model_params(meta: dict, path: str | Path = "<model>") -> ModelParams:
         raise DataError(path, f"model metadata params.model is unusable: {type(err).__name__}: {err}") from err
 
 
+def input_multiple(model: nn.Module) -> int:
+    """What the network's input height and width must be multiples of: the coarsest stride its backbone publishes
+    (``backbone.strides``: 32 for DenseNet and ResNet, 16 for VGG) or the U-Net's ``multiple``; 1 for a network
+    that publishes neither."""
+    strides = getattr(getattr(model, "backbone", None), "strides", None) or [1]
+    return max(int(max(strides)), int(getattr(model, "multiple", 1)))
+
+
 def _load_weights(model: nn.Module, weights: dict, path: Path, k: int) -> None:
     """load_state_dict with a message that names the mismatching tensors (e.g. another landmark count)."""
     expected = model.state_dict()
@@ -111,4 +127,14 @@ def _load_weights(model: nn.Module, weights: dict, path: Path, k: int) -> None:
         details = "; ".join(mismatched[:3] + [f"missing {missing[:3]}"] * bool(missing)
                             + [f"unexpected {unexpected[:3]}"] * bool(unexpected))
         raise DataError(path, f"weights do not fit the network its metadata describes ({k} landmarks): {details}")
+    _check_finite(weights, path)
     model.load_state_dict(weights)
+
+
+def _check_finite(weights: dict, path: Path) -> None:
+    """Refuse NaN or infinite weights (a diverged or corrupt model predicts every landmark at one point)."""
+    bad = [name for name, t in weights.items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise DataError(path, f"{len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): the training diverged or the file is corrupt")

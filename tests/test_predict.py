@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from torch import nn
 
 from farnet import trained as trained_module
@@ -261,7 +261,7 @@ def test_cli_without_spacing_writes_pixels_only(tmp_path, tiny):
     assert cli.main(["predict", str(tmp_path / "a.jpg"), "--model", str(ckpt), "--out", str(tmp_path / "o"),
                      "--no-progress"]) == 0
     rows, doc, _ = read_outputs(tmp_path / "o", "a")
-    assert list(rows[0]) == ["number", "name", "x_px", "y_px"]
+    assert list(rows[0]) == ["number", "name", "x_px", "y_px", "confidence"]
     assert doc["spacing_mm"] is None and "x_mm" not in doc["landmarks"][0]
 
 
@@ -364,3 +364,153 @@ def test_wrong_meta_is_a_clear_error(tmp_path, tiny):
     write_model(tmp_path / "m.pt", k=2, input_hw=(0, 32))
     with pytest.raises(DataError, match=r"m\.pt: model metadata input_hw \[0, 32\]"):
         predict.load_trained_model(tmp_path / "m.pt")
+
+
+# ---- bit depths: 8-bit, 12-bit in a 16-bit container and 16-bit give the same landmarks -----------------------
+
+class StructureNet(nn.Module):
+    """A stand-in for a trained network with a trained network's two answers: in each of K vertical strips of the
+    image, landmark k's heatmap peaks near 1 at the strongest edge (bone against soft tissue), and stays 0 where
+    no edge is strong enough (a flat image, or one that reaches the network with a sixteenth of its contrast)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+        self.threshold = nn.Parameter(torch.tensor(0.5))  # in ImageNet-normalised units; something to save
+
+    def forward(self, x):
+        grey = x[:, :1]  # (B, 1, H, W)
+        edges = (grey - nn.functional.avg_pool2d(grey, 5, stride=1, padding=2, count_include_pad=False)).abs()
+        response = torch.tanh(3 * nn.functional.relu(edges - self.threshold))  # (B, 1, H, W) in [0, 1)
+        strip = torch.arange(x.shape[-1], device=x.device) * self.k // x.shape[-1]  # (W,) strip of each column
+        mask = strip == torch.arange(self.k, device=x.device)[:, None]  # (K, W)
+        return Heatmaps(fine=response * mask[:, None, :], coarse=None)  # (B, K, H, W)
+
+
+@pytest.fixture
+def structure(monkeypatch):
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: StructureNet(k))
+
+
+def make_xray(seed=0):
+    """A (H, W) uint8 picture like a radiograph: a dark, graded background and one bright ellipse ("bone") with
+    sharp edges in each quarter of the width; it holds 0 and 255."""
+    w, h = ORIGINAL_WH
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = 20 + 40 * yy / h
+    for k in range(4):
+        cx, cy = (k + 0.5) * w / 4 + rng.uniform(-5, 5), rng.uniform(0.3 * h, 0.7 * h)
+        rx, ry = rng.uniform(8, 15), rng.uniform(15, 30)
+        image[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1] = rng.uniform(170, 230)
+    image = np.rint(image).astype(np.uint8)
+    image[0, 0], image[-1, -1] = 0, 255
+    return image
+
+
+def save_bits(image, path, bits, sbit=False):
+    """Store an 8-bit image as ``bits``-bit values, unscaled, in the 16-bit container ``path``'s suffix names
+    (PNG with an ``sBIT`` chunk when asked); 8 bits: an 8-bit file."""
+    if bits == 8:
+        Image.fromarray(image).save(path)
+        return path
+    values = np.rint(image.astype(np.float64) * (2**bits - 1) / 255).astype(np.uint16)
+    info = None
+    if sbit:
+        info = PngImagePlugin.PngInfo()
+        info.add(b"sBIT", bytes([bits]))
+    Image.fromarray(values).save(path, pnginfo=info) if info else Image.fromarray(values).save(path)
+    return path
+
+
+BIT_CASES = {"png12": ("png", 12, False), "png12_sbit": ("png", 12, True), "tif12": ("tif", 12, False),
+             "png10": ("png", 10, False), "tif14": ("tiff", 14, False), "png16": ("png", 16, False),
+             "tif16": ("tif", 16, False), "png16_sbit": ("png", 16, True)}
+
+
+@pytest.mark.parametrize("case", [*BIT_CASES, "dcm12"])
+def test_bit_depths_predict_the_same_landmarks(case, tmp_path, structure):
+    image = make_xray()
+    reference = save_bits(image, tmp_path / "eight.png", 8)
+    if case == "dcm12":  # BitsStored 12, no window: the image's own range is stretched
+        other = tmp_path / "twelve.dcm"
+        other.write_bytes(dicom_bytes(image))
+    else:
+        suffix, bits, sbit = BIT_CASES[case]
+        other = save_bits(image, tmp_path / f"{case}.{suffix}", bits, sbit)
+    trained = predict.load_trained_model(write_model(tmp_path / "m.pt", k=4, net=StructureNet(4)))
+
+    eight, deep = predict.predict_images(trained, [reference, other], batch_size=1, progress=False)
+
+    np.testing.assert_array_equal(deep.image, image)  # 12 bits are not a sixteenth of the brightness
+    assert np.all(eight.confidence > 0.5), eight.confidence  # the stand-in network finds each "bone"
+    assert np.abs(deep.landmarks_px - eight.landmarks_px).max() <= 1.0
+    np.testing.assert_allclose(deep.confidence, eight.confidence, atol=1e-6)
+    assert deep.warnings == ()
+
+
+def test_data_bits_hand_computed():
+    from farnet.data.imageio import data_bits
+
+    assert [data_bits(m) for m in (0, 255, 256, 1023, 1024, 4095, 4096, 16383, 16384, 65535)] == \
+        [8, 8, 10, 10, 12, 12, 14, 14, 16, 16]
+    assert data_bits(900, 12) == 12  # sBIT 12, values stored unscaled: a dark 12-bit image stays dark
+    assert data_bits(4096, 12) == 16  # values beyond 12 bits: scaled up to 16 bits, as the PNG standard says
+    assert data_bits(200, 16) == 16
+
+
+def test_png_sbit_decides_a_dark_image(tmp_path):
+    grey = np.arange(0, 900, 4, dtype=np.uint16).reshape(15, 15)  # 12-bit data using a quarter of the range
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sBIT", bytes([12]))
+    Image.fromarray(grey).save(tmp_path / "sbit.png", pnginfo=info)
+    Image.fromarray(grey).save(tmp_path / "plain.png")
+    np.testing.assert_array_equal(read_image_with_spacing(tmp_path / "sbit.png")[0],
+                                  np.rint(grey * 255.0 / 4095).astype(np.uint8))  # as the file says: 12 bits
+    np.testing.assert_array_equal(read_image_with_spacing(tmp_path / "plain.png")[0],
+                                  np.rint(grey * 255.0 / 1023).astype(np.uint8))  # the smallest depth holding 896
+    bad = PngImagePlugin.PngInfo()
+    bad.add(b"sBIT", bytes([17]))
+    Image.fromarray(grey).save(tmp_path / "bad.png", pnginfo=bad)
+    with pytest.raises(DataError, match=r"bad\.png: PNG sBIT chunk .* is not 1\.\.16 significant bits"):
+        read_image_with_spacing(tmp_path / "bad.png")
+
+
+# ---- confidence: the heatmap maximum, in the files, and a warning where it is low ----------------------------
+
+def test_confidence_is_written_and_low_confidence_warned(tmp_path, structure, capsys):
+    Image.fromarray(make_xray()).save(tmp_path / "xray.png")
+    Image.fromarray(np.full((110, 150), 128, np.uint8)).save(tmp_path / "flat.png")
+    ckpt = write_model(tmp_path / "m.pt", k=4, net=StructureNet(4))
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(tmp_path / "xray.png"), str(tmp_path / "flat.png"), "--model", str(ckpt),
+                     "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "flat.png: warning: low confidence: 4 of 4 landmarks have a heatmap maximum below 0.25" in err
+    assert "xray.png" not in err
+    rows, doc, _ = read_outputs(out, "xray")
+    assert all(float(r["confidence"]) > 0.5 for r in rows) and doc["warnings"] == []
+    assert [lm["confidence"] for lm in doc["landmarks"]] == [float(r["confidence"]) for r in rows]
+    rows, doc, _ = read_outputs(out, "flat")
+    assert [float(r["confidence"]) for r in rows] == [0.0] * 4
+    assert len(doc["warnings"]) == 1 and doc["warnings"][0].startswith("low confidence")
+    assert "warned below 0.25" in doc["confidence"]
+    assert cli.main(["predict", str(tmp_path / "flat.png"), "--model", str(ckpt), "--out", str(out),
+                     "--no-progress", "--min-confidence", "0"]) == 0  # the threshold is an option
+    assert "warning" not in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "flat.png"), "--model", str(ckpt), "--min-confidence", "2"]) == 2
+    assert "--min-confidence must be in [0, 1], got 2" in capsys.readouterr().err
+
+
+@pytest.mark.mirror
+def test_low_confidence_warned_for_a_flat_image_not_a_real_one(mirror_root, tmp_path, structure, capsys):
+    real = mirror_root / "isbi2015/RawImage/Test1Data/151.jpg"
+    Image.fromarray(np.full((1200, 968), 90, np.uint8)).save(tmp_path / "flat.png")
+    ckpt = write_model(tmp_path / "m.pt", k=4, input_hw=(128, 96), net=StructureNet(4), dataset="isbi2015")
+    trained = predict.load_trained_model(ckpt)
+    real_pred, flat_pred = predict.predict_images(trained, [real, tmp_path / "flat.png"], progress=False)
+    assert np.all(real_pred.confidence >= predict.MIN_CONFIDENCE), real_pred.confidence
+    assert not any(w.startswith("low confidence") for w in real_pred.warnings)
+    assert np.all(flat_pred.confidence < predict.MIN_CONFIDENCE)
+    assert [w for w in flat_pred.warnings if w.startswith("low confidence")]
+    assert "flat.png: warning: low confidence" in capsys.readouterr().err

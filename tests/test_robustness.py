@@ -4,6 +4,7 @@ import errno
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from farnet.data.imageio import read_grayscale, read_image_with_spacing
 from farnet.data.isbi import read_annotation, read_isbi2015
 from farnet.engine import TrainOptions, train
 from farnet.errors import DataError, FarnetError, WriteError
+from farnet.inference import Heatmaps
 from farnet.losses import ExponentialWeightedCenterLoss
 from test_predict import TinyNet, dicom_bytes, write_model
 
@@ -270,3 +272,136 @@ def _parse(argv):
     parser = argparse.ArgumentParser()
     predict.add_arguments(parser)
     return parser.parse_args(argv[1:])
+
+
+# ---- garbage models, degenerate images, devices -----------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_model_with_non_finite_weights_is_refused(tmp_path, monkeypatch, capsys, bad):
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: TinyNet(k))
+    net = TinyNet(2)
+    with torch.no_grad():
+        net.fine.weight[0, 0, 0, 0] = bad
+        net.body[1].running_var[1] = bad  # a buffer counts too
+    write_model(tmp_path / "diverged.pt", k=2, net=net)
+    with pytest.raises(DataError, match=r"diverged\.pt: 2 weight tensor\(s\) hold NaN or infinite values "
+                                        r"\(body\.1\.running_var, fine\.weight\): the training diverged"):
+        predict.load_trained_model(tmp_path / "diverged.pt")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "diverged.pt"), "--out",
+                     str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_model_folder_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: TinyNet(k))
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(DataError, match=r"runs: is a folder, not a model file \(models/<run>/model\.pt\)$"):
+        predict.load_trained_model(tmp_path / "runs")
+    write_model(tmp_path / "farnet" / "model.pt", k=2)
+    with pytest.raises(DataError, match=r"farnet: is a folder, .*; did you mean .*farnet/model\.pt\?"):
+        predict.load_trained_model(tmp_path / "farnet")
+
+
+class StridedNet(torch.nn.Module):
+    """Publishes its backbone's strides as FARNet does, and like MSFA adds its stride-32 level, up-sampled, to its
+    stride-16 level: an input that is not a multiple of 32 fails inside the network with a tensor-size error."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.backbone = torch.nn.Module()
+        self.backbone.strides = [2, 4, 8, 16, 32]
+        self.head = torch.nn.Conv2d(3, k, 1)
+
+    def forward(self, x):
+        pool, up = torch.nn.functional.avg_pool2d, torch.nn.functional.interpolate
+        fused = pool(x, 16) + up(pool(x, 32), scale_factor=2)  # (B, 3, H / 16, W / 16)
+        return Heatmaps(fine=up(self.head(fused), size=x.shape[-2:]), coarse=None)
+
+
+def test_input_hw_that_the_network_cannot_take(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: StridedNet(k))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    write_model(tmp_path / "odd.pt", k=2, input_hw=(50, 64), net=StridedNet(2))
+    with pytest.raises(DataError, match=r"odd\.pt: model metadata input_hw \[50, 64\] is not a multiple of 32, "
+                                        r"the stride of the network's coarsest level"):
+        predict.load_trained_model(tmp_path / "odd.pt")
+    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "odd.pt"), "--out",
+                     str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "is not a multiple of 32" in capsys.readouterr().err
+    write_model(tmp_path / "even.pt", k=2, input_hw=(64, 96), net=StridedNet(2))
+    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "even.pt"), "--out",
+                     str(tmp_path / "out"), "--no-progress"]) == 0
+
+
+def test_input_multiple_of_the_real_networks():
+    from dataclasses import replace
+
+    from farnet.config import Params
+    from farnet.model import build_model
+    from farnet.trained import input_multiple
+
+    model = Params().model
+    assert input_multiple(build_model(model, 2)) == 32  # DenseNet-121: C5 at stride 32
+    assert input_multiple(build_model(replace(model, architecture="unet"), 2)) == 16
+    assert input_multiple(TinyNet(2)) == 1  # publishes no strides: nothing to check
+
+
+def test_degenerate_images_get_a_word(tmp_path, monkeypatch, capsys):
+    from test_predict import StructureNet
+
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: StructureNet(k))
+    rng = np.random.default_rng(0)
+    images = {"flat.png": np.full((40, 30), 200, np.uint8), "dot.png": np.full((1, 1), 255, np.uint8),
+              "strip.png": rng.integers(0, 256, (1, 5000), dtype=np.uint8)}
+    for name, image in images.items():
+        Image.fromarray(image).save(tmp_path / name)
+    ckpt = write_model(tmp_path / "model.pt", k=2, net=StructureNet(2))
+    out = tmp_path / "out"
+    assert cli.main(["predict", *(str(tmp_path / n) for n in images), "--model", str(ckpt), "--out", str(out),
+                     "--no-progress"]) == 0  # files are still written: the warnings say what to check
+    err = capsys.readouterr().err
+    for name in ("flat.png", "dot.png"):
+        assert f"{name}: warning: low confidence: 2 of 2 landmarks" in err
+    assert "strip.png: warning: the image is 5000x1 but the model's input is 64x48" in err
+    for stem, image in (("flat", images["flat.png"]), ("dot", images["dot.png"]), ("strip", images["strip.png"])):
+        doc = json.loads((out / f"{stem}.json").read_text())
+        assert doc["warnings"], stem
+        xy = np.array([[lm["x_px"], lm["y_px"]] for lm in doc["landmarks"]])
+        h, w = image.shape
+        assert np.all((xy >= -0.5) & (xy <= [w - 0.5, h - 0.5])), (stem, xy)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tpu", r"--device: 'tpu' is not a device \(use cpu, cuda, cuda:N or mps\)"),
+    ("cuda", r"--device: 'cuda' asked for, but (this PyTorch is built without CUDA|no CUDA GPU is visible); use cpu"),
+    ("cuda:7", r"--device: 'cuda:7' asked for, but"),
+    ("meta", r"--device: 'meta' is not a device this project runs on"),
+])
+def test_device_names_are_checked(tmp_path, monkeypatch, capsys, name, message):
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: TinyNet(k))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with a GPU
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    ckpt = write_model(tmp_path / "model.pt", k=2)
+    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", str(ckpt), "--out", str(tmp_path / "out"),
+                     "--no-progress", "--device", name]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_checks(monkeypatch):
+    from farnet.errors import ConfigError
+    from farnet.fastpath import default_device, parse_device
+
+    assert parse_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert parse_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"--device: 'cuda:2' asked for, but this machine has 2 CUDA device\(s\) "
+                                          r"\(cuda:0\.\.cuda:1\)"):
+        parse_device("cuda:2")
+    monkeypatch.setenv("FARNET_DEVICE", "tpu")
+    with pytest.raises(ConfigError, match=r"FARNET_DEVICE: 'tpu' is not a device"):
+        default_device()
+    monkeypatch.setenv("FARNET_DEVICE", "cpu")
+    assert default_device() == torch.device("cpu")

@@ -9,8 +9,15 @@ file into a :class:`~farnet.errors.DataError` naming it. Truncated files are nev
 Conversion to 8 bits:
 
 - 8-bit grey: as stored. Colour: Pillow's ITU-R 601-2 luma. Palette, bilevel, CMYK: through Pillow's "L".
-- 16-bit PNG/TIFF: the low byte is dropped (value >> 8), so the full 16-bit range maps onto the full 8-bit
-  range (data using only 12 of the 16 bits come out dark; window them to 16 bits first).
+- 16-bit PNG/TIFF: value · 255 / (2^b − 1), rounded, where b is the number of bits the data use. X-ray
+  exports often store 10-, 12- or 14-bit detector values unscaled in a 16-bit container; scaled as 16-bit
+  data they would reach the network at a sixteenth of their brightness (a 12-bit maximum of 4095 is 15 of 255).
+  b is taken from the container where it says: a PNG ``sBIT`` chunk of b < 16 bits gives b when every value is
+  below 2^b (the values are stored unscaled), else 16 (the PNG specification's own layout: the values are
+  scaled up to 16 bits). Without ``sBIT`` (TIFF has no such tag), b is the smallest of 8, 10, 12, 14 and 16
+  bits that holds the image's maximum, the depths detectors have; so 8-, 12- and 16-bit exports of the same
+  picture give the same 8-bit image. (A 16-bit image using less than a quarter of its range is thus brightened;
+  its relative intensities are kept.)
 - DICOM: the modality LUT (Rescale Slope/Intercept) is applied, then the first VOI window of the header
   (Window Center/Width with its VOI LUT Function: LINEAR, LINEAR_EXACT or SIGMOID, DICOM PS3.3 C.11.2.1.2)
   maps the values to 0..255; without a window the image's own min..max is stretched to 0..255. MONOCHROME1
@@ -36,7 +43,7 @@ from farnet.coords import rescale_points
 from farnet.errors import DataError
 
 __all__ = ["read_grayscale", "read_image_with_spacing", "read_image_size", "resize_grayscale", "map_points",
-           "DICOM_SUFFIXES"]
+           "data_bits", "DICOM_SUFFIXES", "DETECTOR_BITS"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -149,16 +156,67 @@ def _to_uint8(img: Image.Image, path: Path) -> np.ndarray:
     if img.mode == "L":
         return np.array(img, dtype=np.uint8)
     if img.mode.startswith("I;16"):
-        return (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+        return _sixteen_bit_to_uint8(np.asarray(img).astype(np.uint16), _png_significant_bits(img, path))
     if img.mode == "I":  # 32-bit signed container; 16-bit PNG/TIFF data often arrive this way
         values = np.asarray(img)
         if values.size and (values.min() < 0 or values.max() > 0xFFFF):
             raise DataError(path, f"32-bit integer image with values in [{values.min()}, {values.max()}]: "
                                   "no defined 8-bit scale")
-        return (values.astype(np.uint16) >> 8).astype(np.uint8)
+        return _sixteen_bit_to_uint8(values.astype(np.uint16), _png_significant_bits(img, path))
     if img.mode == "F":
         raise DataError(path, "floating-point image: no defined 8-bit scale")
     return np.array(img.convert("L"), dtype=np.uint8)
+
+
+DETECTOR_BITS = (8, 10, 12, 14, 16)  # the depths X-ray detectors store, for 16-bit files that do not say
+
+
+def _sixteen_bit_to_uint8(values: np.ndarray, significant_bits: int | None) -> np.ndarray:
+    """(H, W) uint16 -> (H, W) uint8 as value · 255 / (2^b − 1), b the bits the data use (module text)."""
+    bits = data_bits(int(values.max()), significant_bits)
+    table = np.rint(np.arange(2**16) * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
+    return table[values]
+
+
+def data_bits(maximum: int, significant_bits: int | None = None) -> int:
+    """The number of bits 16-bit image data use, from the container's significant bits (PNG ``sBIT``) or, without
+    them, the smallest of :data:`DETECTOR_BITS` that holds ``maximum``.
+
+    Args:
+        maximum: the image's largest value (0..65535).
+        significant_bits: the container's statement, 1..16, or None.
+
+    Returns:
+        ``significant_bits`` when ``maximum`` fits it (unscaled data), 16 when it does not (data scaled up to
+        16 bits, as the PNG specification lays them out); without a statement, the detector depth.
+    """
+    if significant_bits is not None:
+        return significant_bits if maximum < 2**significant_bits else 16
+    return next(bits for bits in DETECTOR_BITS if maximum < 2**bits)
+
+
+def _png_significant_bits(img: Image.Image, path: Path) -> int | None:
+    """The grey channel's significant bits from a PNG's ``sBIT`` chunk (Pillow does not read it), else None."""
+    if img.format != "PNG":
+        return None
+    try:
+        with path.open("rb") as fh:
+            fh.seek(8)  # the signature
+            while True:
+                header = fh.read(8)
+                if len(header) < 8:
+                    return None
+                length, kind = int.from_bytes(header[:4], "big"), header[4:]
+                if kind == b"sBIT":
+                    bits = fh.read(1)
+                    if len(bits) != 1 or not 1 <= bits[0] <= 16:
+                        raise DataError(path, f"PNG sBIT chunk {bits!r} is not 1..16 significant bits")
+                    return bits[0]
+                if kind in (b"IDAT", b"IEND"):  # sBIT must come before the image data
+                    return None
+                fh.seek(length + 4, 1)  # the chunk's data and CRC
+    except OSError as err:
+        raise DataError(path, f"cannot read image file: {err}") from err
 
 
 # ---- DICOM ---------------------------------------------------------------------------------------------------
