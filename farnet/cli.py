@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from farnet.allocator import tune_malloc
-from farnet.errors import FarnetError
+from farnet.errors import run_command
 
 COMMANDS = {
     "bench": ("farnet.bench", "time training and inference (fp32 and the fast paths); writes results/benchmarks/"),
@@ -35,11 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argparse.ArgumentParser(prog=f"farnet {name}", description=COMMANDS[name][1])
     module.add_arguments(command)
     args = command.parse_args(argv[1:])
-    try:
-        return int(module.run(args) or 0)
-    except FarnetError as exc:
-        print(f"farnet {name}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(f"farnet {name}", lambda: module.run(args))  # one line per project error, as the stages
 
 
 if __name__ == "__main__":

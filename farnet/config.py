@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +94,12 @@ class TrainParams:
     num_workers: int = 0
     checkpoint_every: int = 1
     save_dtype: Literal["fp32", "bf16"] = "fp32"  # the floating-point weights of model.pt (training is unchanged)
+    # "step": lr x lr_gamma at each of lr_milestones (epochs; the authors' code); "cosine": a half cosine from
+    # lr to 0 over all steps, per step (beyond the paper: the cpu profile)
+    lr_schedule: Literal["step", "cosine"] = "step"
+    warmup_steps: int = 0  # linear warm-up from ~0 to lr over the first steps (0: none)
+    log_every_steps: int = 0  # the training loss (mean over the last N steps) logged every N steps; 0: per epoch
+    monitor_every: int = 0  # epochs between Test1/Test2 MREs logged during training, for the curves only; 0: never
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,10 @@ class EvalParams:
     select: Literal["last", "best_test1"] = "last"
     sdr_radii_mm: tuple[float, ...] = (2.0, 2.5, 3.0, 4.0)
     batch_size: int = 4
+    # beyond the paper: the "guided" decoder takes the fine head's argmax within this fraction of the input
+    # height (Chebyshev; 30 px at 800x640, 12 px at 320x256) of the coarse head's peak; reported in its own
+    # column, never in place of argmax
+    guided_radius: float = 0.0375
 
 
 @dataclass(frozen=True)
@@ -131,23 +143,81 @@ class Params:
 def load_params(path: str | Path = "params.yaml", run: str | None = None) -> Params:
     """Read a params file, apply its profile (and, given ``run``, that run's overrides) and validate every key.
 
+    Every run under every profile is resolved too (:func:`check_every_run`), so a mistake in another run or
+    profile is reported now, not when that run's turn comes.
+
     Raises:
         ConfigError: the file is missing or not a mapping, a key is unknown, a value has the wrong type or
             is not one of the allowed choices, or ``profile`` names no entry of ``profiles``.
     """
+    raw = read_params_file(path)
+    try:
+        params = params_from_dict(raw, run)  # first, so an error in what was asked for reads as it is
+        check_every_run(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return params
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """The parsed mapping of a params file, read strictly (:class:`_StrictLoader`): a key given twice in one
+    mapping and YAML anchors or aliases are errors naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_bytes(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as exc:
+        raise ConfigError(f"{path}:{exc.problem_mark.line + 1}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    try:
-        return params_from_dict(raw, run)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return raw
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that a params file may not use."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without what a params file never needs and what hides mistakes: a key given twice in
+    one mapping (YAML keeps the last one silently) and anchors or aliases (``&a``, ``*a``: a few KB of nested
+    aliases expand to millions of values)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(problem="YAML anchors and aliases (&name, *name) are not allowed in a params file",
+                           problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_document(self, node):
+        _refuse_duplicate_keys(node, "")
+        return super().construct_document(node)
+
+
+def _refuse_duplicate_keys(node: yaml.Node, where: str) -> None:
+    """Raise :class:`_Refused` at the second of two equal keys of one mapping anywhere under ``node``."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{where}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_line: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            _refuse_duplicate_keys(value_node, where)
+            continue
+        name = key_node.value
+        key = f"{where}.{name}" if where else name
+        if name in first_line:
+            raise _Refused(problem=f"{key}: given twice (first on line {first_line[name]})",
+                           problem_mark=key_node.start_mark)
+        first_line[name] = key_node.start_mark.line + 1
+        _refuse_duplicate_keys(value_node, key)
 
 
 def params_from_dict(raw: dict[str, Any], run: str | None = None) -> Params:
@@ -162,9 +232,8 @@ def params_from_dict(raw: dict[str, Any], run: str | None = None) -> Params:
         raise ConfigError("profiles: expected a mapping of profile name to overrides")
     profile = raw.get("profile", "paper")
     if profile != "paper":
-        if profile not in profiles:
-            raise ConfigError(f"profile: {profile!r} is not defined under profiles (have: {sorted(profiles)})")
-        raw = _merge(raw, profiles[profile], "profiles." + str(profile))
+        for name, overrides in _profile_chain(profiles, profile):
+            raw = _merge(raw, overrides, "profiles." + name)
     runs = raw.get("runs") or {}
     if not isinstance(runs, dict):
         raise ConfigError("runs: expected a mapping of run name to overrides")
@@ -189,11 +258,68 @@ def params_from_dict(raw: dict[str, Any], run: str | None = None) -> Params:
     return params
 
 
+def check_every_run(raw: dict[str, Any]) -> None:
+    """Resolve the base and every run under every profile (``paper`` and each entry of ``profiles``), whichever
+    the file selects: ``runs.vgg16.model.backbone: vgg61`` fails while training ``farnet``, not 300 epochs later.
+
+    Raises:
+        ConfigError: the first problem, prefixed with the profile and run it was found under
+            (``profile 'quick': runs.vgg16: model.backbone: ...``).
+    """
+    profiles = raw.get("profiles") or {}
+    names = [raw.get("profile", "paper"), "paper", *(profiles if isinstance(profiles, dict) else ())]
+    for profile in dict.fromkeys(names):  # the selected profile first
+        variant = {**raw, "profile": profile}
+        run = None
+        try:
+            for run in params_from_dict(variant).runs:  # the profile's base is resolved first (run None)
+                params_from_dict(variant, run)
+        except ConfigError as exc:
+            message = str(exc)
+            if run is not None and not message.startswith(f"runs.{run}"):
+                message = f"runs.{run}: {message}"
+            raise ConfigError(f"profile {profile!r}: {message}") from None
+
+
+def _profile_chain(profiles: dict[str, Any], profile: Any) -> list[tuple[str, dict]]:
+    """The overrides a profile applies, base first: a profile's ``extends: <name>`` merges that profile under
+    its own keys (e.g. ``cpu`` is ``quick`` with a longer ``farnet`` run)."""
+    chain: list[tuple[str, dict]] = []
+    while True:
+        if profile not in profiles:
+            raise ConfigError(f"profile: {profile!r} is not defined under profiles (have: {sorted(profiles)})")
+        entry = profiles[profile]
+        if not isinstance(entry, dict):
+            raise ConfigError(f"profiles.{profile}: expected a mapping")
+        entry = dict(entry)
+        parent = entry.pop("extends", None)
+        chain.insert(0, (str(profile), entry))
+        if parent is None:
+            return chain
+        if parent == "paper":  # the base itself
+            return chain
+        if any(name == parent for name, _ in chain):
+            raise ConfigError(f"profiles.{profile}.extends: {parent!r} makes a cycle of profiles")
+        profile = parent
+
+
+SEED_MAX = 2**32 - 1  # augmentation keeps a seed's low 32 bits (farnet.augment): a larger one would alias a smaller
+
+
 def _check_values(p: Params) -> None:
-    """Range checks that types alone cannot express."""
+    """Range checks that types alone cannot express: every number finite and in its range, ``data.fold`` one of
+    the dataset's folds (:meth:`~farnet.data.registry.DatasetSpec.check_fold`), ``model.pretrained`` a source
+    that exists."""
+    from farnet.data.registry import get_dataset  # the registry imports this module
+
+    for key, value in _floats(p, ""):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} must be a finite number")
     for name, dataset in p.datasets.items():
         if not all(v > 0 and v % 32 == 0 for v in dataset.input_hw):
             raise ConfigError(f"datasets.{name}.input_hw: {dataset.input_hw!r} both sizes must be positive multiples of 32")
+        if not 0 <= dataset.split_seed <= SEED_MAX:
+            raise ConfigError(f"datasets.{name}.split_seed: {dataset.split_seed!r} must be in [0, 2**32 - 1]")
     if p.run is not None and p.data.dataset not in p.datasets:  # a run must train on a configured dataset
         raise ConfigError(f"data.dataset: {p.data.dataset!r} has no entry under datasets (have: {sorted(p.datasets)})")
     checks = [
@@ -201,14 +327,27 @@ def _check_values(p: Params) -> None:
          "both sizes must be positive multiples of 32"),
         ("data.fold", p.data.fold >= 1, "must be >= 1"),
         ("data.train_limit", p.data.train_limit is None or p.data.train_limit > 0, "must be positive or null"),
-        ("heatmap.sigma_px", p.heatmap.sigma_px > 0, "must be > 0"),
+        ("seed", 0 <= p.seed <= SEED_MAX, "must be in [0, 2**32 - 1]"),
+        ("heatmap.sigma_px", 0.5 <= p.heatmap.sigma_px <= 100, "must be in [0.5, 100] px"),
         ("loss.alpha", p.loss.alpha >= 1, "must be >= 1 (weight 1 on the background)"),
+        ("loss.awing_omega", p.loss.awing_omega > 0, "must be > 0"),
+        ("loss.awing_theta", p.loss.awing_theta > 0, "must be > 0"),
+        ("loss.awing_epsilon", p.loss.awing_epsilon > 0, "must be > 0"),
+        ("loss.awing_alpha", p.loss.awing_alpha > 1, "must be > 1 (the loss's slope at 0 is infinite otherwise)"),
         ("model.fr_input_kernel", p.model.fr_input_kernel in (1, 3, 5, 7), "must be 1, 3, 5 or 7"),
-        ("train.lr", p.train.lr > 0, "must be > 0"),
+        ("train.lr", 0 < p.train.lr <= 1, "must be in (0, 1]"),
+        ("train.lr_gamma", 0 < p.train.lr_gamma <= 1,
+         "must be in (0, 1] (the lr is multiplied by it at each milestone)"),
+        ("train.lr_milestones", all(a < b for a, b in zip((0, *p.train.lr_milestones), p.train.lr_milestones)),
+         "must be increasing epochs >= 1"),
         ("train.epochs", p.train.epochs > 0, "must be > 0"),
         ("train.batch_size", p.train.batch_size > 0, "must be > 0"),
         ("train.num_workers", p.train.num_workers >= 0, "must be >= 0"),
         ("train.checkpoint_every", p.train.checkpoint_every > 0, "must be > 0"),
+        ("train.warmup_steps", p.train.warmup_steps >= 0, "must be >= 0"),
+        ("train.log_every_steps", p.train.log_every_steps >= 0, "must be >= 0"),
+        ("train.monitor_every", p.train.monitor_every >= 0, "must be >= 0"),
+        ("eval.guided_radius", 0 < p.eval.guided_radius <= 1, "must be in (0, 1] (a fraction of the input height)"),
         ("eval.sdr_radii_mm", len(p.eval.sdr_radii_mm) > 0 and all(r > 0 for r in p.eval.sdr_radii_mm), "must be positive radii"),
         ("eval.batch_size", p.eval.batch_size > 0, "must be > 0"),
     ]
@@ -218,6 +357,26 @@ def _check_values(p: Params) -> None:
             for part in key.split("."):
                 value = getattr(value, part)
             raise ConfigError(f"{key}: {value!r} {why}")
+    get_dataset(p.data.dataset).check_fold(p.data.fold)
+    pretrained = p.model.pretrained
+    if pretrained not in ("none", "imagenet") and not Path(pretrained).is_file():
+        raise ConfigError(f"model.pretrained: {pretrained!r} is neither none, imagenet nor an existing weights file "
+                          f"(relative to {Path.cwd()})")
+
+
+def _floats(value: Any, key: str) -> typing.Iterator[tuple[str, float]]:
+    """Every float in ``value`` (a params dataclass, mapping, tuple or number) with its dotted key."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _floats(getattr(value, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _floats(item, f"{key}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _floats(item, f"{key}[{i}]")
+    elif isinstance(value, float):
+        yield key, value
 
 
 def section_from_dict(cls: type, raw: dict[str, Any], name: str) -> Any:
@@ -254,7 +413,7 @@ def stage_params(params: Params, stage: str, dataset: str | None = None) -> dict
     if stage == "evaluate":
         return {"run": params.run, "datasets": {dataset: p["datasets"][dataset]},
                 "data": {"dataset": dataset, "fold": params.data.fold},
-                "eval": {k: p["eval"][k] for k in ("sdr_radii_mm", "batch_size")},
+                "eval": {k: p["eval"][k] for k in ("sdr_radii_mm", "batch_size", "guided_radius")},
                 "train": {k: p["train"][k] for k in ("precision", "channels_last")}}
     if stage != "train":
         raise ValueError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
@@ -268,7 +427,7 @@ def stage_params(params: Params, stage: str, dataset: str | None = None) -> dict
     loss_keys = {"ewc": ("alpha",), "l2": (), "awing": ("awing_omega", "awing_theta", "awing_epsilon", "awing_alpha")}
     loss = {"name": p["loss"]["name"], **{k: p["loss"][k] for k in loss_keys[p["loss"]["name"]]}}
     evaluation = {"select": p["eval"]["select"]}
-    if params.eval.select == "best_test1":  # validation on Test1 reads the evaluation settings too
+    if params.eval.select == "best_test1" or params.train.monitor_every:  # Test1 during training reads these
         evaluation.update({k: p["eval"][k] for k in ("sdr_radii_mm", "batch_size")})
     return {"profile": params.profile, "run": params.run, "seed": params.seed,
             "datasets": {dataset: p["datasets"][dataset]}, "data": p["data"], "heatmap": p["heatmap"],
@@ -306,10 +465,17 @@ def _merge(base: dict, override: Any, where: str) -> dict:
     return merged
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved field types of a params dataclass (cached: resolving them cost more than the rest of a build,
+    and :func:`check_every_run` builds every run)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'params'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:

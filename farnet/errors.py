@@ -7,11 +7,18 @@ researcher can go straight to the bad file.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+
+DEBUG_VARIABLE = "FARNET_DEBUG"  # set (not "0") to see the traceback of a FarnetError a command reports
 
 
 class FarnetError(Exception):
     """Base class of every error this project raises on bad input."""
+
+    exit_code = 2  # what a command ends with on this error (argparse's code for a usage error)
 
 
 class ConfigError(FarnetError, ValueError):
@@ -62,3 +69,19 @@ class WriteError(FarnetError, OSError):
     def __init__(self, path: str | Path, message: str):
         self.path = Path(path)
         super().__init__(f"{self.path}: {message}")
+
+
+def run_command(prog: str, main: Callable[[], int | None]) -> int:
+    """Run a command's ``main`` and return its exit status; a :class:`FarnetError` (a bad config key, data file
+    or output path) is one line on stderr, ``<prog>: error: <message>``, and its :attr:`~FarnetError.exit_code`,
+    without a traceback (the message names the file and key) unless ``FARNET_DEBUG`` is set.
+
+    The stage scripts (``pipelines/*.py``) run through it; ``farnet`` (farnet/cli.py) prints the same line.
+    """
+    try:
+        return int(main() or 0)
+    except FarnetError as exc:
+        if os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0"):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -6,8 +6,10 @@ training engine polls :func:`stop_requested` after every optimizer step; when it
 checkpoint recording the epoch in progress and the steps done in it, and raises
 :class:`~farnet.errors.TrainingInterrupted`. Running the same command again resumes from that step (the data
 order of an epoch is fixed by its seed), so an interrupted run ends with the same weights as an uninterrupted
-one. A second signal while the first is pending raises :class:`KeyboardInterrupt` at once, for a user who
-cannot wait for the step to finish.
+one. A second signal while the first is pending ends the run at once, for a user who cannot wait for the step
+to finish: a second SIGINT raises :class:`KeyboardInterrupt` (Python's exit status for Ctrl-C), any other signal
+raises ``SystemExit(128 + signum)``, the shell's status for a process that signal ended (143 for SIGTERM), so a
+scheduler sees why the job ended; ``finally`` blocks still run on the way out.
 
 Signal handlers can only be installed from the main thread; elsewhere :class:`StopOnSignal` does nothing and
 signals keep their usual effect.
@@ -16,6 +18,7 @@ signals keep their usual effect.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -79,7 +82,11 @@ class StopOnSignal:
 
 def _handle(signum: int, frame) -> None:
     if _pending:  # a second signal: the user does not want to wait for the step to finish
-        raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name} while stopping")
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt(f"second signal {name} while stopping")
+        os.write(2, f"second signal {name} while stopping: exiting now\n".encode())  # print() is not reentrant
+        raise SystemExit(128 + signum)
     _pending.append(signum)
 
 

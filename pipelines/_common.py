@@ -1,16 +1,24 @@
 """Argument parsing shared by the stage scripts: ``--params`` (default params.yaml), ``--run`` or ``--dataset``
 (the run is positional) where the stage is one of a ``foreach`` group, ``--resolved`` (the stage's own resolved
-parameters, written by the resolve stage) where it has one, and one option per folder the stage reads or writes."""
+parameters, written by the resolve stage) where it has one, and one option per folder the stage reads or writes;
+and :func:`run_stage`, which runs a stage's ``main`` and reports the project's errors in one line."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from farnet.config import Params, load_params, params_from_stage, stage_params
-from farnet.errors import ConfigError
+from farnet.errors import ConfigError, run_command
+
+
+def run_stage(main: Callable[[], int | None]) -> int:
+    """The exit status of a stage script's ``main``: a config, data or write error (:class:`FarnetError`) is one
+    line on stderr naming the file and key, with status 2 and no traceback (``FARNET_DEBUG=1`` shows it)."""
+    return run_command(Path(sys.argv[0]).stem, main)
 
 
 def parse(description: str, argv: Sequence[str] | None, *, run: bool = False, dataset: bool = False,
@@ -46,6 +54,9 @@ def parse(description: str, argv: Sequence[str] | None, *, run: bool = False, da
                               f"not {args.dataset!r}")
         return resolved, args
     loaded = load_params(args.params, run=args.run if run else None)
+    if dataset and args.dataset not in loaded.datasets:
+        raise ConfigError(f"{args.params}: --dataset {args.dataset!r} has no entry under datasets "
+                          f"(have: {', '.join(sorted(loaded.datasets))})")
     if stage is not None:
         loaded = params_from_stage(stage_params(loaded, stage, getattr(args, "dataset", None)), args.params)
     return loaded, args

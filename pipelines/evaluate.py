@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from _common import parse
+from _common import parse, run_stage
 
 from farnet.allocator import tune_malloc
 
@@ -25,4 +25,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     tune_malloc()  # re-executes once, before torch is imported: see farnet/allocator.py
-    sys.exit(main())
+    sys.exit(run_stage(main))

@@ -1,7 +1,9 @@
+import time
+
 import pytest
 import yaml
 
-from farnet.config import Params, effective_dict, load_params, params_from_dict
+from farnet.config import Params, check_every_run, effective_dict, load_params, params_from_dict
 from farnet.errors import ConfigError
 from helpers import committed_params, write_committed_params
 
@@ -103,3 +105,113 @@ def test_load_params_names_the_file(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_params(tmp_path / "list.yaml")
+
+
+# ---- values that cannot be right: each numeric key finite and in range, the fold the dataset's, weights known ----
+
+@pytest.mark.parametrize("data, match", [
+    ({"train": {"lr_gamma": 0.0}}, r"train\.lr_gamma: 0\.0 must be in \(0, 1\]"),
+    ({"train": {"lr_gamma": -0.5}}, r"train\.lr_gamma: -0\.5 must be in \(0, 1\]"),
+    ({"train": {"lr_gamma": 10.0}}, r"train\.lr_gamma: 10\.0 must be in \(0, 1\]"),
+    ({"train": {"lr": float("inf")}}, r"train\.lr: inf must be a finite number"),
+    ({"train": {"lr": float("nan")}}, r"train\.lr: nan must be a finite number"),
+    ({"train": {"lr": 5.0}}, r"train\.lr: 5\.0 must be in \(0, 1\]"),
+    ({"train": {"lr_milestones": [200, 100]}}, r"train\.lr_milestones: \(200, 100\) must be increasing epochs >= 1"),
+    ({"train": {"lr_milestones": [0]}}, r"train\.lr_milestones: \(0,\) must be increasing"),
+    ({"heatmap": {"sigma_px": float("inf")}}, r"heatmap\.sigma_px: inf must be a finite number"),
+    ({"heatmap": {"sigma_px": 1e-300}}, r"heatmap\.sigma_px: 1e-300 must be in \[0\.5, 100\] px"),
+    ({"heatmap": {"sigma_px": 1000}}, r"heatmap\.sigma_px: 1000\.0 must be in \[0\.5, 100\] px"),
+    ({"loss": {"alpha": float("inf")}}, r"loss\.alpha: inf must be a finite number"),
+    ({"loss": {"awing_omega": -14}}, r"loss\.awing_omega: -14\.0 must be > 0"),
+    ({"loss": {"awing_epsilon": 0}}, r"loss\.awing_epsilon: 0\.0 must be > 0"),
+    ({"loss": {"awing_theta": 0}}, r"loss\.awing_theta: 0\.0 must be > 0"),
+    ({"loss": {"awing_alpha": 1}}, r"loss\.awing_alpha: 1\.0 must be > 1"),
+    ({"seed": 10**23}, r"seed: 100000000000000000000000 must be in \[0, 2\*\*32 - 1\]"),
+    ({"seed": -1}, r"seed: -1 must be in \[0, 2\*\*32 - 1\]"),
+    ({"datasets": {"isbi2015": {"split_seed": 2**32}}}, r"datasets\.isbi2015\.split_seed: 4294967296 must be in"),
+    ({"eval": {"sdr_radii_mm": [2.0, float("inf")]}}, r"eval\.sdr_radii_mm\[1\]: inf must be a finite number"),
+    ({"data": {"fold": 99}}, r"data\.fold: 99 is not a fold of isbi2015 \(folds: 1\)"),
+    ({"model": {"pretrained": "imagent"}}, r"model\.pretrained: 'imagent' is neither none, imagenet nor an existing"),
+])
+def test_values_that_cannot_be_right_name_the_key(data, match):
+    with pytest.raises(ConfigError, match=match):
+        params_from_dict(data)
+
+
+def test_a_run_fold_is_checked_against_its_dataset():
+    raw = committed_params()
+    raw["runs"]["hand_fold1"]["data"]["fold"] = 99
+    with pytest.raises(ConfigError, match=r"data\.fold: 99 is not a fold of hand_dha \(folds: 1\.\.3\)"):
+        params_from_dict(raw, run="hand_fold1")
+    raw["runs"]["hand_fold1"]["data"]["fold"] = 3
+    assert params_from_dict(raw, run="hand_fold1").data.fold == 3
+
+
+def test_pretrained_is_none_imagenet_or_an_existing_file(tmp_path):
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"")
+    assert params_from_dict({"model": {"pretrained": str(weights)}}).model.pretrained == str(weights)
+    assert params_from_dict({"model": {"pretrained": "imagenet"}}).model.pretrained == "imagenet"
+    with pytest.raises(ConfigError, match=r"model\.pretrained: '.*missing\.pth' is neither"):
+        params_from_dict({"model": {"pretrained": str(tmp_path / "missing.pth")}})
+
+
+# ---- every run under every profile, before anything starts -----------------------------------------------------
+
+def test_the_committed_params_hold_for_every_run_under_every_profile():
+    raw = committed_params()
+    check_every_run(raw)
+    for profile in ["paper", *raw["profiles"]]:
+        for run in raw["runs"]:
+            params_from_dict({**raw, "profile": profile}, run=run)
+
+
+def test_a_mistake_in_another_run_fails_the_load(tmp_path):
+    raw = committed_params()
+    raw["runs"]["vgg16"]["model"]["backbone"] = "vgg61"
+    path = write(tmp_path, raw)
+    assert params_from_dict(raw, run="farnet").run == "farnet"  # the run alone resolves
+    with pytest.raises(ConfigError, match=r"params\.yaml: profile 'paper': runs\.vgg16: model\.backbone: 'vgg61' is "
+                                          r"not one of"):
+        load_params(path, run="farnet")
+
+
+def test_a_mistake_under_another_profile_fails_the_load(tmp_path):
+    raw = committed_params()
+    raw["profiles"]["quick"]["runs"]["hand_fold2"]["heatmap"]["sigma_px"] = float("inf")
+    with pytest.raises(ConfigError, match=r"profile 'quick': runs\.hand_fold2\.heatmap\.sigma_px: inf must be a "
+                                          r"finite number"):
+        load_params(write(tmp_path, raw))
+    raw = committed_params()
+    raw["profiles"]["quick"]["train"]["lr_gamma"] = 0.0  # in the profile's base: no run named
+    with pytest.raises(ConfigError, match=r"params\.yaml: profile 'quick': train\.lr_gamma: 0\.0 must be in"):
+        load_params(write(tmp_path, raw))
+
+
+# ---- the YAML itself: no duplicate keys, no anchors or aliases -------------------------------------------------
+
+def test_a_key_given_twice_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\nloss:\n  name: ewc\n  alpha: 40.0\n  alpha: 20.0\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml:5: loss\.alpha: given twice \(first on line 4\)"):
+        load_params(path)
+    path.write_text("runs:\n  a: {dataset: isbi2015, seed: 1, seed: 2}\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml:2: runs\.a\.seed: given twice \(first on line 2\)"):
+        load_params(path)
+    path.write_text("loss:\n  alpha: 40.0\nseed: 1\nloss:\n  name: l2\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml:4: loss: given twice \(first on line 1\)"):
+        load_params(path)
+
+
+def test_anchors_and_aliases_are_refused_at_once(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("loss: &l {name: l2}\nruns:\n  a: {dataset: isbi2015, loss: *l}\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml:1: YAML anchors and aliases .* are not allowed"):
+        load_params(path)
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]  # "billion laughs": 10**12 values from a few hundred bytes
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 13)]
+    path.write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"params\.yaml:1: YAML anchors and aliases"):
+        load_params(path)
+    assert time.perf_counter() - start < 1.0

@@ -201,3 +201,45 @@ def test_sigterm_kills_a_real_training_process_and_a_new_process_resumes(tmp_pat
     b = torch.load(tmp_path / "cut.pt", weights_only=True)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+# ---- a second signal: stop at once, with that signal's exit status ---------------------------------------------
+
+def test_a_second_sigterm_exits_with_sigterms_status():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exited:
+        with StopOnSignal():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before and not stop_requested()
+
+
+TWO_SIGNALS = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+
+    from farnet.interrupt import StopOnSignal
+
+    try:
+        with StopOnSignal():
+            print("ready", flush=True)
+            time.sleep(60)  # a step that will not finish: the first signal only asks to stop after it
+    finally:
+        Path(sys.argv[1]).write_text("cleaned up")
+''')
+
+
+def test_two_quick_sigterms_end_a_real_process_with_sigterms_code(tmp_path):
+    script = tmp_path / "two.py"
+    script.write_text(TWO_SIGNALS)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "done")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err  # was -SIGINT: a KeyboardInterrupt
+    assert "second signal SIGTERM while stopping" in err and "Traceback" not in err
+    assert (tmp_path / "done").read_text() == "cleaned up"
