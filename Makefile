@@ -1,12 +1,13 @@
 # Two entry points, each doing its own set-up (a virtual environment in .venv, the project installed into it):
 #   make quick   the whole DVC pipeline with the quick profile on the real data (minutes on a 2-core CPU)
 #   make test    the test suite (what CI runs)
+#   make cpu     the quick pipeline with the main `farnet` run trained for about 2 hours (profile cpu)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export FARNET_DATA_MIRROR ?= $(abspath ../shared/data)
 
-.PHONY: setup quick paper test exp-show
+.PHONY: setup quick cpu paper test exp-show
 
 $(BIN)/farnet: pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,10 @@ setup: $(BIN)/farnet
 quick: setup
 	test -d .dvc || $(BIN)/dvc init --quiet
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp run --name quick-$$(date +%Y%m%d-%H%M%S) -S profile=quick
+
+cpu: setup
+	test -d .dvc || $(BIN)/dvc init --quiet
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp run --name cpu-$$(date +%Y%m%d-%H%M%S) -S profile=cpu
 
 paper: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro

@@ -4,8 +4,9 @@ One loop: seeded, deterministic data order per epoch (``DistributedSampler`` sem
 targets made on the device from the landmarks (one Gaussian per head at that head's resolution, §3.4), the
 loss summed over the supervised heads, bf16 autocast and channels_last where the device runs them natively
 (``"auto"``, resolved once by :mod:`farnet.fastpath`), data parallelism over ranks (:mod:`farnet.distributed`),
-a progress bar, a per-epoch log callback, and a checkpoint written atomically after every ``checkpoint_every``
-epochs. A run resumes from its checkpoint when the checkpoint's fingerprint (the training parameters and data it
+a progress bar, a log callback on the global-step axis (the loss every ``log_every_steps`` steps or per epoch,
+and whatever a ``monitor`` measures every ``monitor_every`` epochs), and a checkpoint written atomically after
+every ``checkpoint_every`` epochs. A run resumes from its checkpoint when the checkpoint's fingerprint (the training parameters and data it
 was made with) matches; a non-finite loss stops the run with :class:`~farnet.errors.TrainingDiverged` and keeps
 the last good checkpoint.
 """
@@ -29,7 +30,7 @@ from farnet import distributed
 from farnet.checkpoint import load_checkpoint, save_atomic
 from farnet.config import Params
 from farnet.fileio import write_json
-from farnet.errors import TrainingDiverged, TrainingInterrupted
+from farnet.errors import DataError, TrainingDiverged, TrainingInterrupted
 from farnet.fastpath import FastPath, autocast, resolve, tune_backends
 from farnet.heatmaps import encode_heatmaps, scale_points
 from farnet.interrupt import requested_signal, stop_on_signal, stop_requested
@@ -52,6 +53,10 @@ class TrainOptions:
     num_workers: int = 0
     checkpoint_every: int = 1
     seed: int = 0
+    lr_schedule: str = "step"  # "step" (lr_milestones, lr_gamma) or "cosine" (per step, to 0)
+    warmup_steps: int = 0
+    log_every_steps: int = 0  # 0: the loss is logged once per epoch
+    monitor_every: int = 0  # epochs between calls of the monitor (and after the last epoch); 0: never
 
     @classmethod
     def from_params(cls, params: Params) -> TrainOptions:
@@ -66,7 +71,8 @@ class TrainResult:
     steps: int
     wall_s: float
     history: list[dict] = field(default_factory=list)
-    resumed_from: int = 0
+    resumed_from: int = 0  # epochs done when this session started ...
+    resumed_from_step: int = 0  # ... and global steps (a mid-epoch resume starts inside an epoch)
     best_epoch: int | None = None
     best_score: float | None = None
     fast_path: str = ""  # what the run used, e.g. "bf16+channels_last" ("auto" resolved)
@@ -84,6 +90,24 @@ def build_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
 def lr_at(epoch: int, lr: float, milestones: Sequence[int], gamma: float) -> float:
     """Step schedule: lr · gamma^(number of milestones <= epoch), epochs 0-based."""
     return lr * gamma ** sum(1 for m in milestones if epoch >= m)
+
+
+def scheduled_lr(options: TrainOptions, epoch: int, step: int, total_steps: int) -> float:
+    """The learning rate of 0-based global ``step`` (in 0-based ``epoch``) of a ``total_steps`` run.
+
+    "step": :func:`lr_at` (the authors' code); "cosine": lr · ½(1 + cos(π·t)), t going from 0 after the warm-up
+    to 1 at the last step. A linear warm-up over the first ``warmup_steps`` multiplies either.
+    """
+    if options.lr_schedule == "cosine":
+        t = (step - options.warmup_steps) / max(1, total_steps - options.warmup_steps)
+        lr = 0.5 * options.lr * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+    elif options.lr_schedule == "step":
+        lr = lr_at(epoch, options.lr, options.lr_milestones, options.lr_gamma)
+    else:
+        raise ValueError(f"lr_schedule {options.lr_schedule!r} is not one of 'step', 'cosine'")
+    if step < options.warmup_steps:
+        lr *= (step + 1) / options.warmup_steps
+    return lr
 
 
 def heatmap_loss(out: Heatmaps, points_xy: torch.Tensor, input_hw: tuple[int, int], sigma_px: float,
@@ -156,16 +180,28 @@ def train_step(model: nn.Module, images: torch.Tensor, points: torch.Tensor, opt
 
 
 def resumable_epoch(out_dir: str | Path, fingerprint: str) -> int:
-    """Epochs already done by a checkpoint in ``out_dir`` with this fingerprint (0 if none), read from the
-    small ``checkpoint.json`` written beside each checkpoint."""
+    """Whole epochs already done by a checkpoint in ``out_dir`` with this fingerprint (0 if none)."""
+    return resumable_point(out_dir, fingerprint)[0]
+
+
+def resumable_point(out_dir: str | Path, fingerprint: str) -> tuple[int, int]:
+    """Where a run with this fingerprint resumes: (whole epochs done, steps done of the next one), (0, 0) if
+    nothing can be resumed; read from the small ``checkpoint.json`` written beside each checkpoint.
+
+    Raises:
+        DataError: the side file is not what the engine writes.
+    """
     side = Path(out_dir) / "checkpoint.json"
     if not side.is_file() or not (Path(out_dir) / "checkpoint.pt").is_file():
-        return 0
+        return 0, 0
     try:
         info = json.loads(side.read_text())
-    except json.JSONDecodeError:
-        return 0
-    return int(info.get("epoch", 0)) if info.get("fingerprint") == fingerprint else 0
+        if info.get("fingerprint") != fingerprint:
+            return 0, 0
+        return int(info.get("epoch", 0)), int(info.get("step_in_epoch", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        raise DataError(side, "not the checkpoint's side file (a JSON object with fingerprint and epoch); "
+                              f"delete {Path(out_dir)} to train afresh") from None
 
 
 @dataclass
@@ -184,7 +220,8 @@ class _Progress:
 @stop_on_signal  # SIGINT/SIGTERM: finish the step, save a resumable checkpoint, raise TrainingInterrupted
 def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: TrainOptions, out_dir: str | Path, *,
           fingerprint: str, device: str | torch.device = "cpu", log: Callable[[int, dict], None] | None = None,
-          validate: Callable[[nn.Module], float] | None = None, progress: bool = True,
+          validate: Callable[[nn.Module], float] | None = None,
+          monitor: Callable[[nn.Module], dict[str, float]] | None = None, progress: bool = True,
           rank: int = 0, world_size: int = 1) -> TrainResult:
     """Train ``model`` on ``dataset`` (items: uint8 image (1,H,W), landmarks (K,2), index).
 
@@ -194,8 +231,12 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: Train
 
     Args:
         fingerprint: identifies the run's parameters and data; a checkpoint with another one is not resumed.
-        log: called after each epoch with (epoch, {"loss": ..., "loss_fine": ..., "loss_coarse": ..., "lr": ...}).
+        log: called with (global steps done, {metric name: value}) on rank 0: ``train/loss`` (and each head's
+            ``train/loss_fine``, ``train/loss_coarse``) with ``lr``, as the mean over the last
+            ``log_every_steps`` steps or, when that is 0, over the epoch; the monitor's values after its epochs.
         validate: called after each epoch with the model in eval mode; lower is better.
+        monitor: called with the model in eval mode after every ``monitor_every`` epochs and the last one (rank
+            0); its values are logged and kept in the history, never used to choose the model.
         rank, world_size: for data-parallel training: call :func:`farnet.distributed.init_from_env` first;
             the engine wraps the model in DDP (after loading the checkpoint on every rank), validates on
             rank 0 only, and rank 0 alone writes checkpoints, which the other ranks wait for.
@@ -209,32 +250,42 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: Train
     model.to(device=device, memory_format=fast.memory_format)
     optimizer = build_optimizer(options.optimizer, model.parameters(), options.lr)
     state = _resume(ckpt_path, fingerprint, model, optimizer, device, rank)
-    resumed_from = state.epoch
     net = distributed.wrap(model, device) if world_size > 1 else model  # every rank has loaded the checkpoint
     loader, sampler = make_loader(dataset, options, device, rank, world_size)
     steps_per_epoch = len(loader)
-    bar = tqdm(total=options.epochs * steps_per_epoch, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
+    resumed_from_step = state.epoch * steps_per_epoch + state.step_in_epoch
+    bar = tqdm(total=options.epochs * steps_per_epoch, initial=resumed_from_step,
                unit="step", desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
     run = _Run(model, net, optimizer, loss_fn, options, fast, device, ckpt_path, fingerprint, rank, world_size, bar,
-               saved_epoch=state.epoch)
+               saved_epoch=state.epoch, log=log if rank == 0 else None)
+    resumed_from = state.epoch
     for epoch in range(state.epoch, options.epochs):
         t0 = time.perf_counter()
         sums = run.epoch(loader, sampler, dataset, epoch, state, t0)
-        record = {"epoch": epoch + 1, "lr": lr_at(epoch, options.lr, options.lr_milestones, options.lr_gamma),
+        record = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"],
                   **{k: v / steps_per_epoch for k, v in sums.items()}}
         state.step_in_epoch, state.epoch_sums = 0, {}
         state.wall_s += time.perf_counter() - t0
         if validate is not None:
             run.validate(validate, record, state, epoch)
+        done = epoch + 1
+        if monitor is not None and options.monitor_every and (done % options.monitor_every == 0
+                                                              or done == options.epochs):
+            record.update(run.monitor(monitor))
         state.history.append(record)
-        if log is not None and rank == 0:
-            log(epoch + 1, record)
+        if run.log is not None:
+            logged = {} if options.log_every_steps else {"lr": record["lr"], **{
+                "train/" + k: v for k, v in record.items() if k.startswith("loss")}}
+            logged.update({k: v for k, v in record.items() if "/" in k})  # the monitor's values
+            if logged:
+                run.log(done * steps_per_epoch, logged)
         state.epoch = epoch + 1
         if state.epoch % options.checkpoint_every == 0 or state.epoch == options.epochs:
             run.checkpoint(state)
     bar.close()
     return TrainResult(epochs=options.epochs, steps=options.epochs * steps_per_epoch, wall_s=state.wall_s,
-                       history=state.history, resumed_from=resumed_from, best_epoch=state.best_epoch,
+                       history=state.history, resumed_from=resumed_from, resumed_from_step=resumed_from_step,
+                       best_epoch=state.best_epoch,
                        best_score=state.best_score, fast_path=fast.describe())
 
 
@@ -273,13 +324,15 @@ class _Run:
     world_size: int
     bar: tqdm
     saved_epoch: int = 0  # the epoch of the last checkpoint written
+    log: Callable[[int, dict], None] | None = None  # rank 0's log (see `train`)
+    window: dict[str, float] = field(default_factory=dict)  # loss sums since the last per-step log
 
     def epoch(self, loader: DataLoader, sampler: DistributedSampler, dataset: Dataset, epoch: int,
               state: _Progress, t0: float) -> dict[str, float]:
         """One epoch's steps (those after ``state.step_in_epoch`` when resumed mid-epoch): the loss sums."""
         o = self.options
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(epoch, o.lr, o.lr_milestones, o.lr_gamma)
+        steps_per_epoch = len(loader)
+        total_steps = o.epochs * steps_per_epoch
         sampler.set_epoch(epoch)
         if hasattr(dataset, "set_epoch"):  # seeded per-epoch augmentation
             dataset.set_epoch(epoch)
@@ -288,6 +341,9 @@ class _Run:
         for step, (images, points, _) in enumerate(loader):
             if step < state.step_in_epoch:  # done before the interruption; the epoch's seed fixes the order
                 continue
+            global_step = epoch * steps_per_epoch + step
+            for group in self.optimizer.param_groups:
+                group["lr"] = scheduled_lr(o, epoch, global_step, total_steps)
             loss_value, parts = train_step(self.net, images.to(self.device, non_blocking=True),
                                            points.to(self.device, non_blocking=True), self.optimizer, self.loss_fn,
                                            o.sigma_px, self.fast, self.world_size)
@@ -298,6 +354,8 @@ class _Run:
             sums["loss"] = sums.get("loss", 0.0) + loss_value
             for name, value in parts.items():
                 sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value
+            if o.log_every_steps:
+                self.log_window(global_step + 1, loss_value, parts)
             self.bar.update(1)
             self.bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4g}")
             if stop_requested(self.device, self.world_size):
@@ -307,6 +365,32 @@ class _Run:
                                   epoch_sums=sums, history=state.history, best_epoch=state.best_epoch,
                                   best_score=state.best_score, wall_s=state.wall_s + time.perf_counter() - t0)
         return sums
+
+    def log_window(self, steps_done: int, loss_value: float, parts: dict[str, float]) -> None:
+        """Add a step's losses to the window; every ``log_every_steps`` steps log its means and the lr."""
+        w = self.window
+        w["n"] = w.get("n", 0) + 1
+        for key, value in (("loss", loss_value), *((f"loss_{k}", v) for k, v in parts.items())):
+            w[key] = w.get(key, 0.0) + value
+        if steps_done % self.options.log_every_steps == 0:
+            n = w.pop("n")
+            if self.log is not None:
+                self.log(steps_done, {"lr": self.optimizer.param_groups[0]["lr"],
+                                      **{f"train/{k}": v / n for k, v in w.items()}})
+            w.clear()
+
+    def monitor(self, monitor: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:
+        """The monitor's values for the model in eval mode (rank 0; the other ranks wait), training mode after."""
+        values: dict[str, float] = {}
+        if self.rank == 0:
+            model = _unwrap(self.model)
+            model.eval()
+            with torch.no_grad():
+                values = {k: float(v) for k, v in monitor(model).items()}
+            model.train()
+        if self.world_size > 1:
+            distributed.barrier()
+        return values
 
     def validate(self, validate: Callable[[nn.Module], float], record: dict, state: _Progress, epoch: int) -> None:
         """The epoch's validation score into ``record``; the best weights to ``best.pt`` (rank 0 validates the

@@ -16,17 +16,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from farnet.heatmaps import DECODERS
-from farnet.inference import HeatmapNetwork
-from farnet.metrics import per_landmark, radial_error_mm, summarize
+from farnet.heatmaps import DECODERS, decode_guided
+from farnet.inference import HeatmapNetwork, final_heatmaps
+from farnet.metrics import OUTLIER_MM, per_landmark, radial_error_mm, summarize
 
 
 @torch.no_grad()
 def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int = 4, device: str | torch.device = "cpu",
                       precision: str = "fp32", channels_last: bool = False,
                       decoders: Sequence[str] = ("argmax", "subpixel"), progress: bool = True,
-                      desc: str = "predict") -> dict[str, np.ndarray]:
-    """Landmarks of (N, H, W) uint8 images at input resolution, one (N, K, 2) array per decoder."""
+                      desc: str = "predict", guided_radius_px: int = 30) -> dict[str, np.ndarray]:
+    """Landmarks of (N, H, W) uint8 images at input resolution, one (N, K, 2) array per decoder.
+
+    Decoders: those of :data:`farnet.heatmaps.DECODERS` on the final heatmaps, and "guided" (the fine head's
+    argmax within ``guided_radius_px`` of the coarse head's peak, :func:`farnet.heatmaps.decode_guided`; plain
+    argmax for a network with one head).
+    """
     device = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format).eval()
@@ -35,9 +40,15 @@ def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int =
     n = images.shape[0]
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
         batch = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1)  # copy out of the mmap
-        heatmaps = network(batch.to(device))  # (B, K, H, W) fp32
+        heads = network.heads(batch.to(device))
+        heatmaps = final_heatmaps(heads, tuple(batch.shape[-2:]))  # (B, K, H, W) fp32
         for name in decoders:
-            out[name].append(DECODERS[name](heatmaps).cpu().numpy())
+            if name == "guided":
+                both = heads.fine is not None and heads.coarse is not None
+                coords = decode_guided(heads.fine, heads.coarse, guided_radius_px) if both else DECODERS["argmax"](heatmaps)
+            else:
+                coords = DECODERS[name](heatmaps)
+            out[name].append(coords.cpu().numpy())
     return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}
 
 
@@ -64,7 +75,7 @@ def evaluate_split(pred_input: dict[str, np.ndarray], view, radii_mm: Sequence[f
         errors_px = radial_error_mm(pred_orig, true, 1.0)  # (N, K) in original pixels
         if unit == "mm":
             errors = radial_error_mm(pred_orig, true, view.spacing_mm)
-            summaries[decoder] = summarize(errors, radii_mm)
+            summaries[decoder] = summarize(errors, radii_mm, outlier_mm=OUTLIER_MM)
             table = per_landmark(errors, names, radii_mm)
         elif unit == "px":
             summaries[decoder] = _rename(summarize(errors_px, radii_mm), "mm", "px")

@@ -85,4 +85,30 @@ def decode_subpixel(heatmaps: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return coords + torch.where(ok.unsqueeze(-1), offset, torch.zeros_like(offset))
 
 
-DECODERS = {"argmax": decode_argmax, "subpixel": decode_subpixel}
+def decode_guided(fine: torch.Tensor, coarse: torch.Tensor, radius_px: int) -> torch.Tensor:
+    """The fine heatmaps' argmax searched only near the coarse head's peak (beyond the paper).
+
+    FARNet already has a coarse-to-fine structure: the MSFA head sees the whole image at half resolution, the
+    FR head refines at full resolution. A far-away spurious maximum of the fine heatmap (the cause of most gross
+    errors) is ignored by taking the fine argmax within ``radius_px`` input pixels (Chebyshev distance) of the
+    coarse peak mapped to input pixels.
+
+    Args:
+        fine: (B, K, H, W) heatmaps at the input resolution.
+        coarse: (B, K, h, w) heatmaps of the coarse head (any lower resolution).
+        radius_px: half-width of the search window, input pixels.
+
+    Returns:
+        (B, K, 2) positions (x, y) in input pixels.
+    """
+    b, k, h, w = fine.shape
+    centre = scale_points(decode_argmax(coarse), tuple(coarse.shape[-2:]), (h, w)).round()  # (B, K, 2)
+    xs = torch.arange(w, device=fine.device, dtype=centre.dtype)
+    ys = torch.arange(h, device=fine.device, dtype=centre.dtype)
+    near_x = (xs - centre[..., 0:1]).abs() <= radius_px  # (B, K, W)
+    near_y = (ys - centre[..., 1:2]).abs() <= radius_px  # (B, K, H)
+    window = near_y.unsqueeze(-1) & near_x.unsqueeze(-2)  # (B, K, H, W)
+    return decode_argmax(fine.float().masked_fill(~window, float("-inf")))
+
+
+DECODERS = {"argmax": decode_argmax, "subpixel": decode_subpixel}  # decoders of the final heatmaps alone

@@ -64,7 +64,12 @@ class HeatmapNetwork(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) uint8 (``image``: the ONNX input's name) -> (B, K, H, W) fp32."""
+        heads = self.heads(image)
+        return final_heatmaps(heads, tuple(image.shape[-2:]))
+
+    def heads(self, image: torch.Tensor) -> Heatmaps:
+        """(B, 1, H, W) uint8 -> every supervised head's heatmaps, fp32 (``None`` where the network has none)."""
         x = normalize(image).contiguous(memory_format=self.memory_format)
         with autocast(x.device, self.precision, cache_enabled=self.cache_enabled):
             heads = self.model(x)
-        return final_heatmaps(heads, tuple(x.shape[-2:])).float()
+        return Heatmaps(*(None if h is None else h.float() for h in heads))

@@ -39,8 +39,12 @@ def successful_detection_rate(errors_mm: np.ndarray, radius_mm: float) -> float:
     return float(100.0 * np.mean(errors_mm <= radius_mm))
 
 
-def summarize(errors_mm: np.ndarray, radii_mm: Sequence[float]) -> dict:
-    """MRE, SD (sample SD over all landmarks of all images) and SDR at each radius for (N, K) errors."""
+OUTLIER_MM = 10.0  # a detection this far off is a gross error (reported as the outlier rate)
+
+
+def summarize(errors_mm: np.ndarray, radii_mm: Sequence[float], outlier_mm: float | None = None) -> dict:
+    """MRE, SD (sample SD over all landmarks of all images) and SDR at each radius for (N, K) errors; with
+    ``outlier_mm``, also ``outliers_pct``: the % of landmarks farther off than that."""
     flat = np.asarray(errors_mm, dtype=np.float64).ravel()
     if flat.size == 0:
         raise ValueError("no errors to summarize")
@@ -51,7 +55,7 @@ def summarize(errors_mm: np.ndarray, radii_mm: Sequence[float]) -> dict:
         "mre_mm": float(flat.mean()),
         "sd_mm": float(flat.std(ddof=1)) if flat.size > 1 else 0.0,
         "sdr": {f"{r:.1f}": successful_detection_rate(flat, r) for r in radii_mm},
-    }
+    } | ({} if outlier_mm is None else {"outliers_pct": float(100.0 * np.mean(flat > outlier_mm))})
 
 
 def per_landmark(errors_mm: np.ndarray, names: Sequence[str], radii_mm: Sequence[float]) -> pd.DataFrame:

@@ -2,8 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from farnet.engine import TrainOptions, build_optimizer, lr_at, resumable_epoch, train
-from farnet.errors import TrainingDiverged
+import json
+from dataclasses import replace
+
+from farnet.engine import TrainOptions, build_optimizer, lr_at, resumable_epoch, scheduled_lr, train
+from farnet.errors import DataError, TrainingDiverged
 from farnet.losses import ExponentialWeightedCenterLoss
 from helpers import RandomLandmarks, TinyNet
 
@@ -30,8 +33,8 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     class Interrupt(Exception):
         pass
 
-    def crash_in_epoch_3(epoch, record):  # called before epoch 3's checkpoint: epoch 2's is the last on disk
-        if epoch == 3:
+    def crash_in_epoch_3(step, values):  # called before epoch 3's checkpoint: epoch 2's is the last on disk
+        if step == 3 * 3:  # 5 items in batches of 2: 3 steps an epoch
             raise Interrupt
 
     with pytest.raises(Interrupt):
@@ -72,11 +75,49 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_loss_decreases_and_log_is_called(tmp_path):
     records = []
     opts = TrainOptions(epochs=4, sigma_px=2.0, lr=5e-2, batch_size=5)
-    train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="z", progress=False,
-          log=lambda e, r: records.append(r))
-    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
-    assert records[-1]["loss"] < records[0]["loss"]
-    assert set(records[0]) >= {"loss", "loss_fine", "loss_coarse", "lr"}
+    result = train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="z",
+                   progress=False, log=lambda step, values: records.append((step, values)))
+    assert [step for step, _ in records] == [1, 2, 3, 4]  # one step an epoch: the global-step axis
+    assert records[-1][1]["train/loss"] < records[0][1]["train/loss"]
+    assert set(records[0][1]) == {"train/loss", "train/loss_fine", "train/loss_coarse", "lr"}
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+
+
+def test_per_step_logging_and_monitor_on_the_step_axis(tmp_path):
+    """The cpu profile's machinery: the loss every N steps, a monitor every few epochs (and after the last)."""
+    records, calls = [], []
+
+    def monitor(model):
+        calls.append(model.training)
+        return {"test1/mre_mm": 10.0 - len(calls)}
+
+    opts = TrainOptions(epochs=5, sigma_px=2.0, lr=1e-2, batch_size=1, log_every_steps=2, monitor_every=2)
+    result = train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="m",
+                   progress=False, log=lambda step, values: records.append((step, values)), monitor=monitor)
+    loss_steps = [step for step, values in records if "train/loss" in values]
+    assert loss_steps == list(range(2, 26, 2))  # 25 steps, logged every 2
+    monitored = [(step, values["test1/mre_mm"]) for step, values in records if "test1/mre_mm" in values]
+    assert monitored == [(10, 9.0), (20, 8.0), (25, 7.0)]  # epochs 2, 4 and the last
+    assert calls == [False, False, False]  # in eval mode
+    assert [r.get("test1/mre_mm") for r in result.history] == [None, 9.0, None, 8.0, 7.0]
+
+
+def test_mid_epoch_resume_records_the_step(tmp_path):
+    opts = TrainOptions(epochs=2, sigma_px=2.0, batch_size=1, checkpoint_every=1)
+    train(make(), Data(), ExponentialWeightedCenterLoss(40), replace(opts, epochs=1), tmp_path, fingerprint="s",
+          progress=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved["step_in_epoch"] = 3  # as an interruption after step 3 of epoch 2 leaves it
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    result = train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="s", progress=False)
+    assert (result.resumed_from, result.resumed_from_step) == (1, 5 + 3)
+
+
+def test_a_corrupt_side_file_is_named(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    (tmp_path / "checkpoint.json").write_text(json.dumps(["not", "a", "mapping"]))
+    with pytest.raises(DataError, match=r"checkpoint\.json: not the checkpoint's side file"):
+        resumable_epoch(tmp_path, "f")
 
 
 def test_bf16_and_channels_last_on_cpu(tmp_path):
@@ -98,6 +139,13 @@ def test_schedule_and_optimizers():
     assert lr_at(199, 1e-4, (200,), 0.1) == 1e-4
     assert lr_at(200, 1e-4, (200,), 0.1) == pytest.approx(1e-5)
     assert lr_at(5, 1.0, (2, 4), 0.5) == 0.25
+    cosine = TrainOptions(epochs=1, sigma_px=2.0, lr=1.0, lr_schedule="cosine", warmup_steps=10)
+    assert [scheduled_lr(cosine, 0, s, 110) for s in (0, 9)] == [pytest.approx(0.1), pytest.approx(1.0)]
+    assert scheduled_lr(cosine, 0, 60, 110) == pytest.approx(0.5)  # half-way through the cosine
+    assert scheduled_lr(cosine, 0, 110, 110) == pytest.approx(0.0)
+    steps = TrainOptions(epochs=1, sigma_px=2.0, lr=1.0, lr_milestones=(2,), lr_gamma=0.1, warmup_steps=4)
+    assert scheduled_lr(steps, 0, 1, 100) == pytest.approx(0.5)  # warm-up also multiplies the step schedule
+    assert scheduled_lr(steps, 3, 50, 100) == pytest.approx(0.1)
     params = [nn.Parameter(torch.zeros(1))]
     assert isinstance(build_optimizer("adadelta", params, 1e-4), torch.optim.Adadelta)
     with pytest.raises(ValueError, match="optimizer 'sgd'"):

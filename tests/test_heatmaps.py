@@ -56,3 +56,16 @@ def test_scale_points_is_pixel_centre_aligned():
 def test_bad_sigma():
     with pytest.raises(ValueError, match="sigma_px must be > 0"):
         encode_heatmaps(torch.zeros(1, 1, 2), (4, 4), 0.0)
+
+
+def test_guided_decoder_ignores_a_far_spurious_peak():
+    from farnet.heatmaps import decode_guided
+
+    fine = encode_heatmaps(torch.tensor([[[40.0, 30.0]]]), (64, 64), sigma_px=2.0)
+    fine[0, 0, 5, 60] = 2.0  # a spurious maximum far from the landmark: plain argmax takes it
+    coarse = encode_heatmaps(torch.tensor([[[19.5, 14.5]]]), (32, 32), sigma_px=1.0)  # (40, 30) at half size
+    assert decode_argmax(fine).tolist() == [[[60.0, 5.0]]]
+    assert decode_guided(fine, coarse, radius_px=6).tolist() == [[[40.0, 30.0]]]
+    near = fine.clone()
+    near[0, 0, 33, 43] = 3.0  # a maximum inside the window is still taken: the window only excludes
+    assert decode_guided(near, coarse, radius_px=6).tolist() == [[[43.0, 33.0]]]

@@ -41,3 +41,9 @@ def test_bad_inputs():
         summarize(np.array([[np.nan]]), [2.0])
     with pytest.raises(ValueError, match="no errors"):
         summarize(np.zeros((0, 19)), [2.0])
+
+
+def test_outlier_rate_counts_errors_beyond_the_threshold():
+    errors = np.array([[1.0, 10.0], [10.5, 30.0]])
+    assert summarize(errors, [2.0], outlier_mm=10.0)["outliers_pct"] == pytest.approx(50.0)  # 10.0 is not beyond
+    assert "outliers_pct" not in summarize(errors, [2.0])

@@ -102,14 +102,20 @@ def test_plot_ewc_weight(tmp_path):
         plot_ewc_weight(0.0, tmp_path / "bad.png")
 
 
-def _fake_dvclive(root):
+def _fake_dvclive(root, steps=np.arange(5), monitor_steps=()):
     metrics = root / "plots" / "metrics"
     (metrics / "train").mkdir(parents=True)
-    steps = np.arange(5)
+    steps = np.asarray(steps)
     pd.DataFrame({"timestamp": 1700000000 + steps, "step": steps, "loss": 1.0 / (steps + 1)}).to_csv(
         metrics / "train" / "loss.tsv", sep="\t", index=False)
-    pd.DataFrame({"timestamp": 1700000000 + steps, "step": steps, "lr": [1e-4] * 5}).to_csv(
+    pd.DataFrame({"timestamp": 1700000000 + steps, "step": steps, "lr": [1e-4] * len(steps)}).to_csv(
         metrics / "lr.tsv", sep="\t", index=False)
+    if len(monitor_steps):
+        for split in ("test1", "test2"):
+            (metrics / split).mkdir()
+            at = np.asarray(monitor_steps)
+            pd.DataFrame({"timestamp": 1700000000 + at, "step": at, "mre_mm": 10.0 / (at + 1)}).to_csv(
+                metrics / split / "mre_mm.tsv", sep="\t", index=False)
     return root
 
 
@@ -121,13 +127,25 @@ def test_read_dvclive_metrics(tmp_path):
 
 
 def test_plot_training_curves(tmp_path):
-    out = plot_training_curves(_fake_dvclive(tmp_path / "dvclive"), tmp_path / "train.png", label=LABEL)
-    assert png_size(out) == (2 * int(4.5 * DPI), int((3.4 + 0.6) * DPI))
+    out = plot_training_curves({"farnet": _fake_dvclive(tmp_path / "dvclive")}, tmp_path / "train.png", label=LABEL)
+    assert png_size(out) == (2 * int(5.5 * DPI), int((3.6 + 0.6) * DPI))  # loss and lr: one row of two panels
+
+
+def test_training_curves_show_loss_and_test_mre_against_steps(tmp_path):
+    logs = {"farnet": _fake_dvclive(tmp_path / "a", steps=np.arange(0, 1000, 50), monitor_steps=[300, 600, 900]),
+            "vgg16": _fake_dvclive(tmp_path / "b", steps=[40])}  # one point: no curve of its own
+    out = plot_training_curves(logs, tmp_path / "train.png", label=LABEL)
+    assert png_size(out) == (2 * int(5.5 * DPI), int((2 * 3.6 + 0.6) * DPI))  # loss, MRE, lr: two rows
+
+
+def test_training_curves_of_one_point_runs_draw_nothing(tmp_path):
+    assert plot_training_curves({"quick": _fake_dvclive(tmp_path / "a", steps=[150])}, tmp_path / "x.png") is None
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_training_curves_errors(tmp_path):
     with pytest.raises(DataError, match="no dvclive metric files"):
-        plot_training_curves(tmp_path, tmp_path / "x.png")
+        plot_training_curves({"run": tmp_path}, tmp_path / "x.png")
     (tmp_path / "bad.tsv").write_text("a\tb\tc\n1\t2\t3\n")
     with pytest.raises(DataError, match=r"bad.tsv:1: expected columns"):
         read_dvclive_metrics(tmp_path)

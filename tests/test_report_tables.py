@@ -378,8 +378,27 @@ def test_decoding_table(tmp_path):
     write_run(tmp_path, "farnet", isbi_metrics(1.5, 1.62, subpixel_shift=-0.25))
     df = decoding_table(Results(tmp_path), ["farnet"]).set_index("Split")
     assert df.loc["test1", "MRE argmax"] == 1.5 and df.loc["test1", "MRE sub-pixel"] == 1.25
-    assert df.loc["test2", "Δ MRE"] == pytest.approx(-0.25)
+    assert df.loc["test2", "Δ MRE sub-pixel"] == pytest.approx(-0.25)
     assert df.loc["test1", "2mm argmax"] == 80.0 and list(df["Run"]) == ["farnet", "farnet"]
+    assert "MRE guided" not in df  # results made before the guided decoder have no such columns
+
+
+def test_decoding_table_and_table3_show_the_guided_decoder_and_outliers(tmp_path, paper):
+    metrics = isbi_metrics(2.5, 2.0)
+    for split in ("test1", "test2"):
+        metrics[split]["outliers_pct"] = 3.0
+        metrics[f"{split}_guided"] = {**metrics[split], "mre_mm": 1.75, "outliers_pct": 0.5}
+    write_run(tmp_path, "farnet", metrics)
+    df = decoding_table(Results(tmp_path), ["farnet"]).set_index("Split")
+    assert df.loc["test1", "MRE guided"] == 1.75 and df.loc["test1", "Δ MRE guided"] == pytest.approx(-0.75)
+    assert (df.loc["test1", ">10mm % argmax"], df.loc["test1", ">10mm % guided"]) == (3.0, 0.5)
+    frames = table3(metrics, {"profile": "cpu", "input_hw": [320, 256]}, paper)
+    rows = frames["table3"].set_index("Method")
+    guided = rows.loc["FARNet (ours, cpu, guided decoding: the fine peak near the coarse peak)"]
+    assert guided["Test1 MRE"] == 1.75 and guided["source"] == "ours, beyond the paper"
+    assert rows.loc["FARNet (ours, cpu)", "Test1 >10mm %"] == 3.0  # reported for our rows
+    assert math.isnan(rows.loc["FARNet (paper)", "Test1 >10mm %"])  # the paper does not report it
+    assert "Ours (guided, beyond the paper)" in frames["ours_vs_paper"]
 
 
 def test_seed_replicates_are_table3_settings_with_another_seed(tmp_path, paper):

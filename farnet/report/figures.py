@@ -254,29 +254,55 @@ def read_dvclive_metrics(dvclive_dir: str | Path) -> dict[str, pd.DataFrame]:
     return curves
 
 
-def plot_training_curves(dvclive_dir: str | Path, out: str | Path, *, label: str | None = None) -> Path:
-    """One panel per logged metric against the epoch (dvclive step + 1), log scale when positive.
+#: the panels of the training-curves figure: title -> (dvclive metric, line style); log scale where positive
+CURVE_PANELS = {
+    "training loss": (("train/loss", "-"),),
+    "Test MRE (mm), argmax": (("test1/mre_mm", "-"), ("test2/mre_mm", "--")),
+    "landmarks beyond 10 mm (%)": (("test1/outliers_pct", "-"), ("test2/outliers_pct", "--")),
+    "learning rate": (("lr", "-"),),
+}
+
+
+def plot_training_curves(logs: Mapping[str, str | Path], out: str | Path, *,
+                         label: str | None = None) -> Path | None:
+    """Loss, Test MRE, outlier rate and lr against the training step, one line per run and split.
+
+    A curve is drawn only where a run logged at least two points, and a panel only when it has a curve, so a
+    one-epoch run draws no empty panel. The Test MREs are measured during training for this curve only
+    (``train.monitor_every``); they never choose the model.
 
     Args:
-        dvclive_dir: see :func:`read_dvclive_metrics`.
+        logs: run name -> its dvclive folder (see :func:`read_dvclive_metrics`).
         out: PNG path.
-        label: run label for the title.
+        label: label for the title.
+
+    Returns:
+        The PNG written, or None when no run has a curve.
     """
-    curves = read_dvclive_metrics(dvclive_dir)
-    ncols = min(len(curves), 3)
-    nrows = -(-len(curves) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(4.5 * ncols, 3.4 * nrows + 0.6),
+    curves = {run: read_dvclive_metrics(path) for run, path in logs.items()}
+    panels = {}
+    for title, metrics in CURVE_PANELS.items():
+        lines = [(run, name, style, table[name]) for run, table in curves.items()
+                 for name, style in metrics if name in table and table[name]["value"].notna().sum() >= 2]
+        if lines:
+            panels[title] = lines
+    if not panels:
+        return None
+    ncols = min(len(panels), 2)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(5.5 * ncols, 3.6 * nrows + 0.6),
                              layout="constrained")
-    for ax, (name, curve) in zip(axes.flat, curves.items()):
-        ax.plot(curve["step"] + 1, curve["value"], marker="." if len(curve) < 50 else None)
-        finite = curve["value"].dropna()
-        if len(finite) and (finite > 0).all():
+    for ax, (title, lines) in zip(axes.flat, panels.items()):
+        for run, name, style, curve in lines:
+            split = name.split("/")[0] if "/" in name and not name.startswith("train/") else ""
+            ax.plot(curve["step"], curve["value"], style, marker="." if len(curve) < 30 else None,
+                    label=" ".join(part for part in (run, split) if part))
+        if all((curve["value"].dropna() > 0).all() for *_, curve in lines):
             ax.set_yscale("log")
-        if finite.empty:
-            ax.text(0.5, 0.5, "no values logged", ha="center", va="center", transform=ax.transAxes)
-        ax.set(title=name, xlabel="epoch")
+        ax.set(title=title, xlabel="training step")
         ax.grid(alpha=0.3, which="both")
-    for ax in axes.flat[len(curves):]:
+        ax.legend(fontsize="small")
+    for ax in axes.flat[len(panels):]:
         ax.axis("off")
     _title(fig, "Training curves", label)
     return _save(fig, out)
@@ -346,9 +372,10 @@ def make_plots(results_dir: Path, prepared_root: Path, n_overlays: int = 4) -> l
         per_lm = results.per_landmark(farnet)
         written.append(plot_per_landmark_mre(per_lm[per_lm["decode"] == "argmax"],
                                              out / "isbi2015_per_landmark_mre.png", label=label))
-        train_log = results.root / "train" / farnet
-        if train_log.is_dir():
-            written.append(plot_training_curves(train_log, out / "training_curves.png", label=label))
+        logs = {p.name: p for p in sorted((results.root / "train").glob("*")) if p.is_dir() and any(p.rglob("*.tsv"))}
+        curves = plot_training_curves(logs, out / "training_curves.png", label=label) if logs else None
+        if curves is not None:
+            written.append(curves)
         frames = table3(results.metrics(farnet), info, paper)
         written.append(plot_ours_vs_paper(frames["ours_vs_paper"], out / "table3_ours_vs_paper.png",
                                           label=label, title="Table 3: ours vs paper (FARNet row)"))

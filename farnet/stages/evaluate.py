@@ -21,6 +21,10 @@ from farnet.report import provenance
 from farnet.trained import load_trained_model
 
 
+# argmax (the paper), then the decoders beyond it: sub-pixel (DARK) and guided (fine peak near the coarse peak)
+DECODE_COLUMNS = ("argmax", "subpixel", "guided")
+
+
 def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: Path, *, progress: bool = True) -> dict:
     """Evaluate ``model_dir/model.pt`` on the run's evaluation splits.
 
@@ -40,11 +44,13 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
         view = load_split(prepared, split, tuple(meta["input_hw"]))
         pred = predict_landmarks(model, view.images, batch_size=params.eval.batch_size, device=device,
                                  precision=precision, channels_last=channels_last, progress=progress,
-                                 desc=f"evaluate {split}")
+                                 desc=f"evaluate {split}", decoders=DECODE_COLUMNS,
+                                 guided_radius_px=max(1, round(params.eval.guided_radius * meta["input_hw"][0])))
         summaries, table, rows = evaluate_split(pred, view, params.eval.sdr_radii_mm, error_unit(spec.unit, view),
                                                 angles=info["extras"].get("cobb_angles_deg"))
-        metrics[split] = summaries["argmax"]
-        metrics[f"{split}_subpixel"] = summaries["subpixel"]
+        metrics[split] = summaries["argmax"]  # the paper's decoding
+        for decoder in DECODE_COLUMNS[1:]:  # beyond the paper, each in its own column
+            metrics[f"{split}_{decoder}"] = summaries[decoder]
         per_lm.append(table)
         preds.append(rows)
     name = params.run or "run"

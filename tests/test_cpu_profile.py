@@ -1,0 +1,111 @@
+"""The `cpu` profile: what it resolves to, and its machinery (per-step loss, Test1/Test2 monitored during
+training, resume after an interruption, the guided decoder's column) run through the real train and evaluate
+stages on the mirror's ISBI images at a tiny size."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+
+import pandas as pd
+import pytest
+
+from farnet import engine
+from farnet.config import load_params, params_from_dict
+from farnet.errors import ConfigError, TrainingInterrupted
+from helpers import committed_params
+
+
+def _resolved(profile: str, run: str):
+    raw = committed_params()
+    raw["profile"] = profile
+    return params_from_dict(raw, run)
+
+
+def test_cpu_profile_is_quick_with_a_longer_farnet_run():
+    cpu, quick = _resolved("cpu", "farnet"), _resolved("quick", "farnet")
+    assert cpu.input_hw == quick.input_hw == (320, 256)  # the quick profile's prepared size: no second cache
+    assert cpu.train.lr_schedule == "cosine" and cpu.train.epochs > 10 and cpu.train.monitor_every > 0
+    assert cpu.train.log_every_steps > 0 and cpu.eval.select == "last"  # the monitor never chooses the model
+    for run in committed_params()["runs"]:  # every other run keeps its quick settings exactly
+        if run != "farnet":
+            assert _resolved("cpu", run).train == _resolved("quick", run).train, run
+            assert _resolved("cpu", run).data == _resolved("quick", run).data, run
+
+
+def test_profiles_extend_and_refuse_cycles():
+    raw = {"profile": "b", "train": {"lr": 1.0}, "runs": {},
+           "profiles": {"a": {"train": {"lr": 2.0, "epochs": 3}}, "b": {"extends": "a", "train": {"lr": 4.0}}}}
+    p = params_from_dict(raw)
+    assert (p.train.lr, p.train.epochs) == (4.0, 3)
+    cyclic = copy.deepcopy(raw)
+    cyclic["profiles"]["a"]["extends"] = "b"
+    with pytest.raises(ConfigError, match="cycle of profiles"):
+        params_from_dict(cyclic)
+    missing = copy.deepcopy(raw)
+    missing["profiles"]["b"]["extends"] = "nope"
+    with pytest.raises(ConfigError, match="'nope' is not defined under profiles"):
+        params_from_dict(missing)
+
+
+@pytest.mark.mirror
+@pytest.mark.slow
+def test_cpu_machinery_at_a_tiny_size(mirror_root, tmp_path, monkeypatch):
+    import yaml
+
+    from farnet.stages.evaluate import evaluate_run
+    from farnet.stages.fetch import fetch
+    from farnet.stages.prepare import prepare
+    from farnet.stages.train import train_run
+
+    raw = committed_params()
+    raw["profile"] = "tiny"
+    raw["profiles"]["tiny"] = {"extends": "cpu", "datasets": {"isbi2015": {"input_hw": [64, 64]}},
+                               "runs": {"farnet": {"data": {"train_limit": 4}, "heatmap": {"sigma_px": 1.5},
+                                                   "train": {"epochs": 3, "log_every_steps": 2, "monitor_every": 2,
+                                                             "warmup_steps": 2},
+                                                   "eval": {"batch_size": 50}}}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    params = load_params(path, run="farnet")
+    assert params.dataset.augment == "payer" and params.train.lr_schedule == "cosine"
+    monkeypatch.setenv("FARNET_DATA_MIRROR", str(mirror_root))
+    monkeypatch.setenv("FARNET_DEVICE", "cpu")
+    fetch(params, "isbi2015", tmp_path / "raw")
+    prepare(params, "isbi2015", tmp_path / "raw", tmp_path / "prepared")
+    models, logs, results = tmp_path / "models" / "farnet", tmp_path / "train" / "farnet", tmp_path / "results"
+
+    real_step = engine.train_step
+    calls = []
+
+    def interrupted_at_step_5(*args, **kwargs):  # SIGTERM during step 5 of 12 (epoch 2): the engine stops after it
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", interrupted_at_step_5)
+    with pytest.raises(TrainingInterrupted):
+        train_run(params, tmp_path / "prepared", models, logs, progress=False)
+    monkeypatch.setattr(engine, "train_step", real_step)
+    info = train_run(params, tmp_path / "prepared", models, logs, progress=False)
+
+    assert (info["resumed_from_epoch"], info["resumed_from_step"], info["steps"]) == (1, 5, 12)
+    curves = logs / "plots" / "metrics"
+    loss = pd.read_csv(curves / "train" / "loss.tsv", sep="\t")
+    assert loss["step"].tolist() == [2, 4, 6, 8, 10, 12]  # every 2 steps; the window restarts after the resume
+    for split in ("test1", "test2"):
+        mre = pd.read_csv(curves / split / "mre_mm.tsv", sep="\t")
+        assert mre["step"].tolist() == [8, 12]  # after epochs 2 and 3 (the last)
+        assert (mre["mre_mm"] > 0).all()
+    assert [m["epoch"] for m in info["monitor"]] == [2, 3]
+    assert set(info["monitor"][0]) == {"epoch", "test1/mre_mm", "test1/outliers_pct", "test2/mre_mm",
+                                       "test2/outliers_pct"}
+
+    metrics = evaluate_run(params, tmp_path / "prepared", models, results, progress=False)
+    assert {"test1", "test1_subpixel", "test1_guided", "test2_guided"} <= set(metrics)
+    assert 0 <= metrics["test1_guided"]["outliers_pct"] <= 100
+    run = json.loads((results / "runs" / "farnet.json").read_text())
+    assert run["profile"] == "tiny" and run["steps"] == 12
