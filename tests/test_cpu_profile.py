@@ -36,10 +36,10 @@ def test_cpu_profile_is_quick_with_a_longer_farnet_run():
 
 
 def test_profiles_extend_and_refuse_cycles():
-    raw = {"profile": "b", "train": {"lr": 1.0}, "runs": {},
-           "profiles": {"a": {"train": {"lr": 2.0, "epochs": 3}}, "b": {"extends": "a", "train": {"lr": 4.0}}}}
+    raw = {"profile": "b", "train": {"lr": 0.1}, "runs": {},
+           "profiles": {"a": {"train": {"lr": 0.2, "epochs": 3}}, "b": {"extends": "a", "train": {"lr": 0.4}}}}
     p = params_from_dict(raw)
-    assert (p.train.lr, p.train.epochs) == (4.0, 3)
+    assert (p.train.lr, p.train.epochs) == (0.4, 3)
     cyclic = copy.deepcopy(raw)
     cyclic["profiles"]["a"]["extends"] = "b"
     with pytest.raises(ConfigError, match="cycle of profiles"):
