@@ -8,7 +8,7 @@ from pathlib import Path
 from _common import parse, run_stage
 
 from farnet.allocator import tune_malloc
-from farnet.errors import TrainingInterrupted
+from farnet.errors import ConfigError, TrainingInterrupted
 
 
 def main(argv=None) -> int:
@@ -17,6 +17,8 @@ def main(argv=None) -> int:
     params, args = parse(__doc__, argv, run=True, stage="train", prepared="data/prepared", models="models", train_logs="results/train")
     try:
         info = train_run(params, Path(args.prepared), Path(args.models) / args.run, Path(args.train_logs) / args.run)
+    except ConfigError as exc:  # a setting the run cannot use: named in the file it came from
+        raise ConfigError(f"{args.resolved or args.params}: {exc}") from None
     except TrainingInterrupted as exc:  # SIGINT/SIGTERM: a resumable checkpoint was saved; re-running resumes
         print(f"train {args.run}: {exc}", file=sys.stderr)
         return exc.exit_code

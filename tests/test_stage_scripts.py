@@ -74,3 +74,17 @@ def test_run_command_status_and_message(capsys, monkeypatch):
     monkeypatch.setenv("FARNET_DEBUG", "1")
     with pytest.raises(ConfigError):
         run_command("x", fail(ConfigError("k: bad")))
+
+
+def test_a_setting_the_run_cannot_use_names_the_params_file_given(tmp_path):
+    """`eval.select: best_test1` on a dataset without Test1 is named in the --params file, not params.yaml."""
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(committed_params_text().replace(
+        "  hand_fold1: {dataset: hand_dha, data: {fold: 1}, eval: {",
+        "  hand_fold1: {dataset: hand_dha, data: {fold: 1}, eval: {select: best_test1, ", 1))
+    assert "select: best_test1" in path.read_text()
+    result = _stage("train", "hand_fold1", "--params", path, "--prepared", tmp_path / "none", "--models",
+                    tmp_path / "models", "--train-logs", tmp_path / "logs")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"train: error: {path}: eval.select: best_test1 needs a Test1 split, which "
+                                    "hand_dha has not")

@@ -60,6 +60,8 @@ def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pa
                rank: int, world_size: int, device: torch.device) -> dict:
     spec = get_dataset(params.data.dataset)
     spec.check_fold(params.data.fold)
+    if params.eval.select == "best_test1" and "test1" not in spec.eval_splits(params.data.fold):
+        raise ConfigError(f"eval.select: best_test1 needs a Test1 split, which {spec.name} has not")
     prepared = prepared_root / params.data.dataset
     view = load_split(prepared, spec.train_split(params.data.fold), params.input_hw, params.data.train_limit)
     dataset = LandmarkDataset(view.images, view.landmarks, augment=params.dataset.augment, seed=params.seed)
@@ -70,8 +72,6 @@ def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pa
     options = TrainOptions.from_params(params)
     validate = None
     if params.eval.select == "best_test1":
-        if "test1" not in spec.eval_splits(params.data.fold):
-            raise ConfigError(f"eval.select: best_test1 needs a Test1 split, which {spec.name} has not")
         val = load_split(prepared, "test1", params.input_hw)
 
         def validate(net):  # the paper's practice: Test1 MRE picks the epoch
