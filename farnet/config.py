@@ -267,7 +267,15 @@ def check_every_run(raw: dict[str, Any]) -> None:
             (``profile 'quick': runs.vgg16: model.backbone: ...``).
     """
     profiles = raw.get("profiles") or {}
-    names = [raw.get("profile", "paper"), "paper", *(profiles if isinstance(profiles, dict) else ())]
+    profiles = profiles if isinstance(profiles, dict) else {}
+
+    def depth(name: str) -> int:  # a profile after those it extends, so a mistake is named where it is written
+        try:
+            return len(_profile_chain(profiles, name))
+        except ConfigError:
+            return 0  # reported when the profile itself is resolved
+
+    names = [raw.get("profile", "paper"), "paper", *sorted(profiles, key=depth)]
     for profile in dict.fromkeys(names):  # the selected profile first
         variant = {**raw, "profile": profile}
         run = None

@@ -40,7 +40,8 @@ def test_read_grayscale_modes(tmp_path):
     np.testing.assert_array_equal(read_grayscale(tmp_path / "rgb.bmp"), gray)
     sixteen = np.array([[0, 255, 256, 65535]], dtype=np.uint16)
     Image.fromarray(sixteen).save(tmp_path / "16.png")
-    np.testing.assert_array_equal(read_grayscale(tmp_path / "16.png"), [[0, 0, 1, 255]])
+    # 16-bit data using all 16 bits: value * 255 / 65535, rounded (farnet.data.imageio: the bits the data use)
+    np.testing.assert_array_equal(read_grayscale(tmp_path / "16.png"), [[0, 1, 1, 255]])
 
 
 def test_read_grayscale_bad_files(tmp_path, monkeypatch):

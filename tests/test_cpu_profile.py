@@ -62,8 +62,8 @@ def test_cpu_machinery_at_a_tiny_size(mirror_root, tmp_path, monkeypatch):
 
     raw = committed_params()
     raw["profile"] = "tiny"
-    raw["profiles"]["tiny"] = {"extends": "cpu", "datasets": {"isbi2015": {"input_hw": [64, 64]}},
-                               "runs": {"farnet": {"data": {"train_limit": 4}, "heatmap": {"sigma_px": 1.5},
+    raw["profiles"]["tiny"] = {"extends": "cpu", "datasets": {"isbi2015": {"input_hw": [64, 32]}},
+                               "runs": {"farnet": {"data": {"train_limit": 4}, "heatmap": {"sigma_px": 1.0},
                                                    "train": {"epochs": 3, "log_every_steps": 2, "monitor_every": 2,
                                                              "warmup_steps": 2},
                                                    "eval": {"batch_size": 50}}}}

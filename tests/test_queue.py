@@ -37,6 +37,7 @@ def test_queued_experiments_run_in_parallel(mirror_root, tmp_path):
     params["profile"] = "tiny"
     params["datasets"] = {"isbi2015": params["datasets"]["isbi2015"]}
     params["runs"] = {"farnet": params["runs"]["farnet"]}
+    params["profiles"] = {}  # the other profiles name runs this copy does not have
     params["profiles"]["tiny"] = {"datasets": {"isbi2015": {"input_hw": [64, 64]}}, "data": {"train_limit": 2},
                                   "heatmap": {"sigma_px": 1.5}, "train": {"epochs": 1, "lr_milestones": []},
                                   "eval": {"batch_size": 32}}
