@@ -102,6 +102,8 @@ def test_stages_end_to_end_on_real_images(mirror_root, tmp_path):
     metrics = json.loads((results / "metrics/farnet.json").read_text())
     assert metrics["test1"]["n_images"] == 150 and metrics["test2"]["n_images"] == 100
     assert set(metrics["test1"]["sdr"]) == {"2.0", "2.5", "3.0", "4.0"}
+    assert {"test1_subpixel", "test1_guided", "test2_guided"} <= set(metrics)  # beyond the paper, own keys
+    assert 0 <= metrics["test1_guided"]["outliers_pct"] <= 100 and "outliers_pct" in metrics["test1"]
     assert 0 < metrics["test1"]["mre_mm"] < 300  # within the 193 x 240 mm image's diagonal
     run = json.loads((results / "runs/farnet.json").read_text())
     assert run["profile"] == "tiny" and run["data_source"] == "mirror" and not run["full_set"]

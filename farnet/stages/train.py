@@ -82,7 +82,8 @@ def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pa
     monitor = _monitor(params, spec, prepared, device) if t.monitor_every else None
     fp = fingerprint(params, view)
     state_dir = model_dir / "state"
-    remove_stale_temporaries(state_dir)
+    if rank == 0:  # the one process that writes checkpoints: a SIGKILLed save's temporaries go
+        remove_stale_temporaries(state_dir)
     epochs_done, steps_done = resumable_point(state_dir, fp)
     steps_per_epoch = math.ceil(math.ceil(len(dataset) / world_size) / t.batch_size)  # the engine's loader's length
     resumed_at = epochs_done * steps_per_epoch + steps_done
