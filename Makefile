@@ -1,7 +1,7 @@
 # Two entry points, each doing its own set-up (a virtual environment in .venv, the project installed into it):
 #   make quick   the whole DVC pipeline with the quick profile on the real data (minutes on a 2-core CPU)
 #   make test    the test suite (what CI runs)
-#   make cpu     the quick pipeline with the main `farnet` run trained for about 70 minutes (profile cpu)
+#   make cpu     the quick pipeline with the main `farnet` run trained for about 60 minutes (profile cpu)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
-from farnet.config import load_params, params_from_dict, read_params_file, stage_params
+from farnet.config import Params, _profile_chain, load_params, params_from_dict, read_params_file, stage_params
 from farnet.fileio import write_text
 
 
@@ -15,16 +16,17 @@ def resolve(params_path: Path, out: Path) -> list[Path]:
 
     Every run under every profile is validated (:func:`~farnet.config.load_params`) before any file is written.
     Files of runs no longer in the params are removed, and a file whose content is unchanged is not rewritten.
+    Each file names the profile its values come from (:func:`_own_profile`), so switching to a profile that
+    extends another (``cpu`` extends ``quick``) re-runs only the stages whose values it changes.
     """
     base = load_params(params_path)
     raw = read_params_file(params_path)
     wanted: dict[Path, dict] = {}
     for name in base.datasets:
-        wanted[out / "datasets" / f"{name}.json"] = stage_params(base, "prepare", name)
-    for run in base.runs:
-        params = params_from_dict(raw, run)  # valid: load_params resolved it
+        wanted[out / "datasets" / f"{name}.json"] = _own_profile(raw, None, lambda p: stage_params(p, "prepare", name))
+    for run in base.runs:  # valid: load_params resolved every run under every profile
         for stage in ("train", "evaluate"):
-            wanted[out / run / f"{stage}.json"] = stage_params(params, stage)
+            wanted[out / run / f"{stage}.json"] = _own_profile(raw, run, lambda p: stage_params(p, stage))
     for old in sorted(out.rglob("*.json")) if out.is_dir() else []:
         if old not in wanted:
             old.unlink()
@@ -36,3 +38,20 @@ def resolve(params_path: Path, out: Path) -> list[Path]:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
     return sorted(wanted)
+
+
+def _own_profile(raw: dict, run: str | None, values: Callable[[Params], dict]) -> dict:
+    """``values`` of the selected profile, labelled with the first profile up its ``extends`` chain that gives
+    the same values: under ``cpu`` (``quick`` with a longer ``farnet`` run) every other run is labelled, and
+    trained, as the quick run it is."""
+    selected = raw.get("profile", "paper")
+    content = values(params_from_dict(raw, run))
+    if selected == "paper":
+        return content
+    names = [name for name, _ in _profile_chain(raw.get("profiles") or {}, selected)]
+    for ancestor in reversed(names[:-1]):  # the nearest first
+        other = values(params_from_dict({**raw, "profile": ancestor}, run))
+        if {**other, "profile": selected} != content:
+            break
+        content = other
+    return content
