@@ -112,3 +112,23 @@ def test_files_of_removed_runs_are_deleted(quick, tmp_path):
     del raw["runs"]["vgg19"], raw["profiles"]["quick"]["runs"]["vgg19"]
     after = resolved(tmp_path, "same", raw)
     assert not any(k.startswith("vgg19/") for k in after) and not (tmp_path / "same" / "vgg19").exists()
+
+
+def test_switching_to_the_cpu_profile_changes_the_farnet_run_alone(quick, baseline, tmp_path):
+    raw = json.loads(json.dumps(quick))
+    raw["profile"] = "cpu"  # cpu extends quick and overrides runs.farnet only
+    after = resolved(tmp_path, "cpu", raw)
+    assert changed(baseline, after) == ["farnet/evaluate.json", "farnet/train.json"]  # prepare and other runs stay
+    assert json.loads(after["farnet/train.json"])["profile"] == "cpu"
+    assert json.loads(after["vgg16/train.json"])["profile"] == "quick"  # labelled by the profile it comes from
+    assert json.loads(after["datasets/isbi2015.json"])["profile"] == "quick"
+
+
+def test_a_profile_that_changes_every_run_labels_every_run(quick, tmp_path):
+    raw = json.loads(json.dumps(quick))
+    raw["profiles"]["slow"] = {"extends": "quick", "train": {"lr": 5.0e-4}}
+    raw["profile"] = "slow"
+    after = resolved(tmp_path, "slow", raw)
+    labels = {json.loads(text)["profile"] for name, text in after.items() if name.endswith("/train.json")}
+    assert labels == {"slow"}
+    assert json.loads(after["datasets/isbi2015.json"])["profile"] == "quick"  # its data are quick's
