@@ -51,10 +51,13 @@ class TrainingInterrupted(FarnetError):
     Args:
         message: what happened and where the checkpoint is.
         signum: the signal that stopped the run.
+        result: the progress so far (the engine's ``TrainResult``), for a caller that still writes a model from
+            the weights in memory; None when unknown.
     """
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, result: object | None = None):
         self.signum = signum
+        self.result = result
         super().__init__(message)
 
     @property

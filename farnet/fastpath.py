@@ -85,6 +85,31 @@ def resolve(precision: str, channels_last: bool | str, device: str | torch.devic
     return FastPath(precision=resolved, channels_last=resolve_channels_last(channels_last, device, resolved))
 
 
+def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-D tensor laid out that way (and not also plain contiguous, as a tensor
+    with one channel or one pixel is), else ``torch.contiguous_format``: the layout to build its partners in."""
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def device_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a 1-D tensor on ``device``, made once and kept: a step that needs a constant (the ImageNet
+    mean, a coordinate scale) then copies nothing from the host, which a captured CUDA graph could not hold and
+    which costs a host synchronisation at every eager step. Treat the result as read-only. Under
+    ``torch.compile`` the constant is made in the traced code (the compiler folds it)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    key = (tuple(values), torch.device(device), dtype)
+    if key not in _CONSTANTS:
+        with torch.inference_mode(False):  # a normal tensor even when first asked for under inference mode
+            _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return _CONSTANTS[key]
+
+
 def autocast(device: str | torch.device, precision: str, cache_enabled: bool = True):
     """bf16 autocast on CPU or CUDA, or nothing for fp32; ``"auto"`` is first resolved for ``device``."""
     device = torch.device(device)

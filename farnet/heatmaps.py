@@ -11,22 +11,26 @@ from __future__ import annotations
 import torch
 
 from farnet.coords import rescale_points
+from farnet.fastpath import device_constant
 
 
 def scale_points(points_xy: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> torch.Tensor:
     """Map (..., 2) pixel coordinates between resolutions: x' = (x + 0.5)·W'/W − 0.5 (pixel-centre aligned)."""
     sx = dst_hw[1] / src_hw[1]
     sy = dst_hw[0] / src_hw[0]
-    return rescale_points(points_xy, points_xy.new_tensor([sx, sy]))
+    return rescale_points(points_xy, device_constant((sx, sy), points_xy.device, points_xy.dtype))
 
 
-def encode_heatmaps(points_xy: torch.Tensor, size_hw: tuple[int, int], sigma_px: float) -> torch.Tensor:
+def encode_heatmaps(points_xy: torch.Tensor, size_hw: tuple[int, int], sigma_px: float,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Gaussian target heatmaps, eq. (1).
 
     Args:
         points_xy: (B, K, 2) landmark positions in the heatmap's own pixels.
         size_hw: (H, W) of the heatmaps.
         sigma_px: Gaussian σ in the heatmap's own pixels.
+        memory_format: the layout to write them in (``torch.channels_last`` to match a channels_last
+            prediction: the loss then reads both alike, with no strided pass over either).
 
     Returns:
         (B, K, H, W) heatmaps with values in (0, 1], 1 at a landmark lying on a pixel centre.
@@ -39,7 +43,10 @@ def encode_heatmaps(points_xy: torch.Tensor, size_hw: tuple[int, int], sigma_px:
     # separable: exp(-(dx² + dy²)/2σ²) = exp(-dx²/2σ²) · exp(-dy²/2σ²)
     gx = torch.exp(-((xs - points_xy[..., 0:1]) ** 2) / (2 * sigma_px**2))  # (B, K, W)
     gy = torch.exp(-((ys - points_xy[..., 1:2]) ** 2) / (2 * sigma_px**2))  # (B, K, H)
-    return gy.unsqueeze(-1) * gx.unsqueeze(-2)
+    if memory_format == torch.contiguous_format:
+        return gy.unsqueeze(-1) * gx.unsqueeze(-2)  # broadcasting writes a contiguous result
+    out = torch.empty((*points_xy.shape[:-1], h, w), dtype=gx.dtype, device=gx.device, memory_format=memory_format)
+    return torch.mul(gy.unsqueeze(-1), gx.unsqueeze(-2), out=out)  # in that layout with no copy (a target: no grad)
 
 
 def decode_argmax(heatmaps: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from farnet.fastpath import autocast
+from farnet.fastpath import autocast, device_constant
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,8 +30,8 @@ class Heatmaps(NamedTuple):
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) uint8 -> (B, 3, H, W) float: /255, grey to 3 channels, ImageNet mean/std (DESIGN §2.2)."""
     x = images_u8.float().div_(255.0)
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = device_constant(IMAGENET_MEAN, x.device, x.dtype).view(1, 3, 1, 1)
+    std = device_constant(IMAGENET_STD, x.device, x.dtype).view(1, 3, 1, 1)
     return (x.expand(-1, 3, -1, -1) - mean) / std
 
 

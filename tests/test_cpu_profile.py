@@ -12,7 +12,7 @@ import signal
 import pandas as pd
 import pytest
 
-from farnet import engine
+from farnet import steps
 from farnet.config import load_params, params_from_dict
 from farnet.errors import ConfigError, TrainingInterrupted
 from helpers import committed_params
@@ -76,7 +76,7 @@ def test_cpu_machinery_at_a_tiny_size(mirror_root, tmp_path, monkeypatch):
     prepare(params, "isbi2015", tmp_path / "raw", tmp_path / "prepared")
     models, logs = tmp_path / "models" / "farnet", tmp_path / "train" / "farnet"
 
-    real_step = engine.train_step
+    real_step = steps.train_step
     calls = []
 
     def interrupted_at_step_5(*args, **kwargs):  # SIGTERM during step 5 of 12 (epoch 2): the engine stops after it
@@ -85,10 +85,10 @@ def test_cpu_machinery_at_a_tiny_size(mirror_root, tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_step", interrupted_at_step_5)
+    monkeypatch.setattr(steps, "train_step", interrupted_at_step_5)
     with pytest.raises(TrainingInterrupted):
         train_run(params, tmp_path / "prepared", models, logs, progress=False)
-    monkeypatch.setattr(engine, "train_step", real_step)
+    monkeypatch.setattr(steps, "train_step", real_step)
     info = train_run(params, tmp_path / "prepared", models, logs, progress=False)
 
     assert (info["resumed_from_epoch"], info["resumed_from_step"], info["steps"]) == (1, 5, 12)

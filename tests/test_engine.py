@@ -5,7 +5,10 @@ from torch import nn
 import json
 from dataclasses import replace
 
-from farnet.engine import TrainOptions, build_optimizer, lr_at, resumable_epoch, scheduled_lr, train
+from farnet.engine import (TrainBudget, TrainOptions, build_optimizer, heatmap_loss, lr_at, resumable_epoch,
+                           scheduled_lr, shortened_schedule, train)
+from farnet.fastpath import memory_format_of
+from farnet.heatmaps import encode_heatmaps
 from farnet.errors import DataError, TrainingDiverged
 from farnet.losses import ExponentialWeightedCenterLoss
 from helpers import RandomLandmarks, TinyNet
@@ -150,3 +153,89 @@ def test_schedule_and_optimizers():
     assert isinstance(build_optimizer("adadelta", params, 1e-4), torch.optim.Adadelta)
     with pytest.raises(ValueError, match="optimizer 'sgd'"):
         build_optimizer("sgd", params, 1e-4)
+
+
+# ---- the loss target's layout (issue: channels_last prediction vs NCHW target) --------------------------------
+
+def test_the_loss_target_is_built_in_the_predictions_memory_format():
+    layouts = []
+
+    class Spy(nn.Module):
+        def forward(self, pred, target):
+            layouts.append(memory_format_of(target))
+            return ((pred - target) ** 2).mean()
+
+    torch.manual_seed(0)
+    plain = Tiny().eval()
+    fast = Tiny().eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.to(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 16, 16)
+    points = torch.tensor([[[3.0, 4.0], [10.0, 12.5]]] * 2)
+    expected, _ = heatmap_loss(plain(x), points, (16, 16), 2.0, Spy())
+    assert layouts == [torch.contiguous_format] * 2  # fine and coarse head
+    got, _ = heatmap_loss(fast(x.contiguous(memory_format=torch.channels_last)), points, (16, 16), 2.0, Spy())
+    assert layouts[2:] == [torch.channels_last] * 2
+    torch.testing.assert_close(got, expected)
+    target = encode_heatmaps(points, (16, 16), 2.0, memory_format=torch.channels_last)
+    assert target.is_contiguous(memory_format=torch.channels_last) and not target.is_contiguous()
+    torch.testing.assert_close(target, encode_heatmaps(points, (16, 16), 2.0), rtol=0, atol=0)
+
+
+# ---- budgets: a schedule fitted to the time left, a stop that still returns --------------------------------------
+
+def test_a_shortened_schedule_keeps_the_lr_drop_at_the_same_fraction():
+    assert shortened_schedule(300, (200,), 40) == (40, (27,))  # the paper's epoch 200 of 300: 2/3
+    assert shortened_schedule(300, (200,), 300) == (300, (200,))
+    assert shortened_schedule(300, (200,), 900) == (300, (200,))  # never longer than asked
+    assert shortened_schedule(300, (200,), 1) == (1, ())  # a drop at or after the end goes
+    assert shortened_schedule(10, (2, 6), 5) == (5, (1, 3))
+    with pytest.raises(ValueError, match="budget max_steps must be >= 1"):
+        TrainBudget(max_steps=0)
+
+
+def test_a_step_limit_shortens_the_schedule_and_returns_normally(tmp_path):
+    opts = replace(OPTS, epochs=6, lr_milestones=(4,))  # 5 items in batches of 2: 3 steps an epoch
+    records = []
+    result = train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="l",
+                   progress=False, budget=TrainBudget(max_steps=4), log=lambda s, v: records.append(s))
+    assert (result.epochs, result.lr_milestones, result.planned_epochs) == (2, (1,), 6)
+    assert (result.steps, result.stopped, result.reduced_by) == (4, "steps", "step limit")
+    assert [r["epoch"] for r in result.history] == [1, 2] and result.history[1]["steps_in_epoch"] == 1
+    assert records == [3, 4]  # each epoch's mean loss, the partial one too
+
+
+class _Clock:
+    """A stand-in for the engine's ``time`` module: the clock moves 1 s per training step (see ``tick``)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def tick(self, step, values):
+        self.now += 1.0
+
+
+def test_a_time_budget_fits_the_schedule_after_its_probe(tmp_path, monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr("farnet.engine.time", clock)
+    opts = replace(OPTS, epochs=10, lr_milestones=(6,), log_every_steps=1)  # 30 steps of 1 s
+    result = train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="t",
+                   progress=False, budget=TrainBudget(seconds=10.0, probe_steps=4), log=clock.tick)
+    # after 4 steps: 1 s a step, 6 s left, 95 % of them hold 5 more steps: 9 steps in all, 3 whole epochs
+    assert (result.step_s, result.reduced_by, result.stopped) == (1.0, "time budget", None)
+    assert (result.epochs, result.lr_milestones, result.steps) == (3, (2,), 9)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["schedule"] == {
+        "epochs": 3, "lr_milestones": [2], "reduced_by": "time budget"}
+
+
+def test_a_run_past_its_time_budget_stops_after_the_step(tmp_path, monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr("farnet.engine.time", clock)
+    opts = replace(OPTS, log_every_steps=1)  # 9 steps of 1 s; the probe never ends, the clock stops it
+    result = train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="c",
+                   progress=False, budget=TrainBudget(seconds=5.0, probe_steps=100), log=clock.tick)
+    assert (result.steps, result.stopped, result.reduced_by, result.epochs) == (5, "time", None, 3)
+    assert len(result.history) == 2 and result.history[-1]["steps_in_epoch"] == 2

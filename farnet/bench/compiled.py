@@ -11,69 +11,15 @@ from collections.abc import Callable
 
 import torch
 
-from farnet.bench.measure import (BenchPath, bench_sigma_px, describe, eager_inference, eager_train_step, make_inputs,
-                                  make_model, path_settings, sync, timed)
-from farnet.config import LossParams
+from farnet.bench.measure import (BenchPath, describe, eager_inference, eager_train_step, make_inputs, make_model,
+                                  path_settings, path_train_step, sync, timed)
 from farnet.fastpath import FastPath, tune_backends
 
 
-def _graph_loss(out, points: torch.Tensor, input_hw: tuple[int, int], sigma_px: float, loss_fn) -> torch.Tensor:
-    """The engine's loss (:func:`farnet.engine.heatmap_loss`) without its host reads, which a graph cannot hold."""
-    from farnet.heatmaps import encode_heatmaps, scale_points
-
-    total = None
-    for pred in (out.fine, out.coarse):
-        if pred is not None:
-            hw = tuple(pred.shape[-2:])
-            value = loss_fn(pred, encode_heatmaps(scale_points(points, input_hw, hw), hw, sigma_px))
-            total = value if total is None else total + value
-    return total
-
-
 def graphed_train_step(model, fast: FastPath, spec: dict, batch: int) -> Callable[[], None]:
-    """The whole training step (forward, loss, backward, Adam) captured once in a CUDA graph and replayed.
-
-    The documented whole-network capture: warm-up on a side stream, gradients set to None before capture so they
-    are allocated from the graph's pool, Adam with ``capturable=True``, autocast without its weight cache.
-    """
-    from farnet.inference import normalize
-    from farnet.losses import build_loss
-
-    device = torch.device(spec["device"])
-    static_images, static_points = make_inputs(spec, batch, device)
-    host_images = static_images.cpu().pin_memory()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=True)
-    loss_fn = build_loss(LossParams())
-    sigma_px, input_hw = bench_sigma_px(spec), tuple(spec["size_hw"])
-    model.train()
-
-    def body() -> torch.Tensor:
-        x = normalize(static_images).contiguous(memory_format=fast.memory_format)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast.precision == "bf16", cache_enabled=False):
-            out = model(x)
-        loss = _graph_loss(out, static_points, input_hw, sigma_px, loss_fn)
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            optimizer.zero_grad(set_to_none=True)
-            body()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        static_loss = body()
-
-    def step() -> None:
-        static_images.copy_(host_images, non_blocking=True)  # the next batch, as the engine would upload it
-        graph.replay()
-        static_loss.item()  # the engine reads the loss every step (divergence check)
-
-    return step
+    """The whole training step (forward, loss, backward, Adam) captured once in a CUDA graph and replayed: the
+    engine's graph path (:class:`farnet.steps.Stepper`), on inputs already on the device."""
+    return path_train_step(model, fast, spec, batch, "graph")
 
 
 def graphed_inference(model, fast: FastPath, spec: dict, batch: int,

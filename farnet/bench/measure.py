@@ -23,7 +23,8 @@ from typing import Self
 import torch
 
 from farnet.config import LossParams, ModelParams
-from farnet.engine import TrainOptions, build_optimizer, make_loader, train_step
+from farnet.engine import TrainOptions, make_loader
+from farnet.steps import Stepper, build_optimizer, optimizer_settings
 from farnet.fastpath import FastPath, autocast, resolve
 
 
@@ -80,17 +81,29 @@ def make_inputs(spec: dict, batch: int, device: torch.device) -> tuple[torch.Ten
 
 
 def eager_train_step(model, fast: FastPath, spec: dict, batch: int) -> Callable[[], None]:
+    """The engine's eager step (:func:`path_train_step` on ``"eager"``)."""
+    return path_train_step(model, fast, spec, batch, "eager")
+
+
+def path_train_step(model, fast: FastPath, spec: dict, batch: int, path: str) -> Callable[[], None]:
+    """A training step as the engine takes it on ``path`` (:class:`farnet.steps.Stepper`: one of
+    :data:`farnet.steps.STEP_PATHS`), on random inputs; a CUDA graph is warmed up and captured before this returns,
+    a compiled step compiles at its first call (time it after a warm-up)."""
     from farnet.losses import build_loss
 
-    images, points = make_inputs(spec, batch, torch.device(spec["device"]))
-    optimizer = build_optimizer("adam", model.parameters(), 1e-4)
-    loss_fn = build_loss(LossParams())
-    sigma_px = bench_sigma_px(spec)
-    model.train()
+    device = torch.device(spec["device"])
+    images, points = make_inputs(spec, batch, device)
+    optimizer = build_optimizer("adam", model.parameters(), 1e-4, **optimizer_settings(path, "adam", device))
+    stepper = Stepper(model.train(), optimizer, build_loss(LossParams()), bench_sigma_px(spec), fast, device, path)
 
     def step() -> None:
-        train_step(model, images, points, optimizer, loss_fn, sigma_px, fast)
+        stepper.step(images, points)
+        if stepper.pending >= 50:  # the engine reads its losses every 50 steps off the eager path
+            stepper.read()
 
+    if path == "graph":
+        for _ in range(stepper.warmup_steps + 1):
+            step()
     return step
 
 

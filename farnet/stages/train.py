@@ -7,6 +7,8 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,48 +18,72 @@ from farnet import distributed
 from farnet.allocator import malloc_setting
 from farnet.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
 from farnet.config import Params, effective_dict
-from farnet.errors import ConfigError
+from farnet.errors import ConfigError, TrainingInterrupted
 from farnet.data.registry import get_dataset
 from farnet.data.torch_dataset import LandmarkDataset
 from farnet.data.views import SplitView, load_split
 from farnet.inference import IMAGENET_MEAN, IMAGENET_STD
-from farnet.engine import TrainOptions, resumable_point, train
+from farnet.engine import TrainBudget, TrainOptions, TrainResult, resumable_point, train
 from farnet.evaluate import evaluate_split, predict_landmarks
 from farnet.fileio import write_json
 from farnet.losses import build_loss
 from farnet.model import build_model
+from farnet.steps import default_step_path
 from farnet.report import provenance
 
 
-def fingerprint(params: Params, view: SplitView) -> str:
-    """Identity of a training run: every parameter it reads and the data it sees."""
+def fingerprint(params: Params, view: SplitView, budget: TrainBudget | None = None) -> str:
+    """Identity of a training run: every parameter it reads, the data it sees and its budget's limits (a run
+    under another budget never resumes this one)."""
     p = effective_dict(params)
     payload = {k: p[k] for k in ("seed", "data", "heatmap", "model", "loss", "train")}
     payload["dataset"] = p["datasets"][params.data.dataset]
     payload["eval_select"] = p["eval"]["select"]
     payload["data_ids"] = list(view.ids)
     payload["input_hw"] = list(view.input_hw)
+    if budget is not None:
+        payload["budget"] = {"seconds": budget.seconds, "max_steps": budget.max_steps}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Path | None = None,
-              *, progress: bool = True) -> dict:
+              *, progress: bool = True, budget: TrainBudget | None = None,
+              log: Callable[[int, dict], None] | None = None, step_path: str | None = None) -> dict:
     """Train one run: ``model_dir/model.pt`` (selected weights + metadata), ``model_dir/train_info.json`` and
     the resumable state in ``model_dir/state/``.
 
     Under ``torchrun`` every process trains a share of each epoch (DDP, :mod:`farnet.distributed`); rank 0
     alone writes the log, the checkpoints and the model.
+
+    Args:
+        log_dir: the dvclive folder of the training curves; None: no dvclive (it is imported only for one).
+        budget: limits on the session (one process): a run it shortens or stops still ends here, with its model
+            and ``train_info.json`` saying which schedule ran (``schedule``).
+        log: called like the engine's ``log`` (global step, {name: value}), besides dvclive.
+        step_path: how each step runs (:data:`farnet.steps.STEP_PATHS`); default: ``FARNET_STEP_PATH``, else
+            eager (:func:`farnet.steps.default_step_path`). Data-parallel runs step eagerly.
+
+    Raises:
+        TrainingInterrupted: after SIGINT/SIGTERM; ``model.pt`` and ``train_info.json`` are written from the
+            weights reached (``schedule.stopped: "signal"``) and the resumable state is kept, so running the same
+            command again resumes.
     """
     rank, world_size, device = distributed.init_from_env()
     try:
         return _train_run(params, prepared_root, model_dir, log_dir, progress=progress, rank=rank,
-                          world_size=world_size, device=device)
+                          world_size=world_size, device=device, budget=budget, extra_log=log,
+                          step_path=step_path)
     finally:
         distributed.cleanup()
 
 
 def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Path | None, *, progress: bool,
-               rank: int, world_size: int, device: torch.device) -> dict:
+               rank: int, world_size: int, device: torch.device, budget: TrainBudget | None = None,
+               extra_log: Callable[[int, dict], None] | None = None, step_path: str | None = None) -> dict:
+    step_path = step_path or default_step_path()
+    if world_size > 1 and step_path != "eager":
+        raise ConfigError(f"step path {step_path!r} (FARNET_STEP_PATH) is for one process; data-parallel runs "
+                          "step eagerly: unset it under torchrun")
     spec = get_dataset(params.data.dataset)
     spec.check_fold(params.data.fold)
     if params.eval.select == "best_test1" and "test1" not in spec.eval_splits(params.data.fold):
@@ -80,7 +106,7 @@ def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pa
             return evaluate_split(pred, val, params.eval.sdr_radii_mm, spec.unit)[0]["argmax"]["mre_mm"]
 
     monitor = _monitor(params, spec, prepared, device) if t.monitor_every else None
-    fp = fingerprint(params, view)
+    fp = fingerprint(params, view, budget)
     state_dir = model_dir / "state"
     if rank == 0:  # the one process that writes checkpoints: a SIGKILLed save's temporaries go
         remove_stale_temporaries(state_dir)
@@ -88,55 +114,117 @@ def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pa
     steps_per_epoch = math.ceil(math.ceil(len(dataset) / world_size) / t.batch_size)  # the engine's loader's length
     resumed_at = epochs_done * steps_per_epoch + steps_done
     live = _live(log_dir, resumed_at) if log_dir is not None and rank == 0 else None
-    log = None
-    if live is not None:
-        def log(step, values):  # every curve on the global-step axis
+    log = _logger(live, extra_log if rank == 0 else None)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    end = _RunEnd(params, model, view, model_dir, device, world_size, started, steps_per_epoch, rank)
+    try:
+        result = train(model, dataset, build_loss(params.loss), options, state_dir, fingerprint=fp,
+                       device=device, log=log, validate=validate, monitor=monitor, progress=progress, rank=rank,
+                       world_size=world_size, budget=budget, step_path=step_path)
+    except TrainingInterrupted as exc:  # the weights reached are a usable model; the state stays for a resume
+        if exc.result is not None:
+            end.save(exc.result, keep_state=True)
+        raise
+    finally:
+        if live is not None:
+            live.end()
+    if params.eval.select == "best_test1" and result.stopped is None:
+        model.load_state_dict(load_checkpoint(state_dir / "best.pt")["model"])
+    return end.save(result, keep_state=False)
+
+
+def _logger(live, extra: Callable[[int, dict], None] | None) -> Callable[[int, dict], None] | None:
+    """One log callback for the engine: to dvclive (every curve on the global-step axis) and to ``extra``."""
+    if live is None and extra is None:
+        return None
+
+    def log(step: int, values: dict) -> None:
+        if live is not None:
             live.step = step
             for key, value in values.items():
                 live.log_metric(key, value)
+        if extra is not None:
+            extra(step, values)
 
-    model_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    result = train(model, dataset, build_loss(params.loss), options, state_dir, fingerprint=fp,
-                   device=device, log=log, validate=validate, monitor=monitor, progress=progress, rank=rank,
-                   world_size=world_size)
-    if live is not None:
-        live.end()
-    selected_epoch = result.epochs
-    if params.eval.select == "best_test1":
-        model.load_state_dict(load_checkpoint(state_dir / "best.pt")["model"])
-        selected_epoch = result.best_epoch
-    info = {
-        "run": params.run, "dataset": params.data.dataset, "fold": params.data.fold, "epochs": result.epochs,
-        "steps": result.steps, "train_wall_s": round(result.wall_s, 1),
-        "session_wall_s": round(time.perf_counter() - started, 1), "resumed_from_epoch": result.resumed_from,
-        "resumed_from_step": result.resumed_from_step,
-        "select": params.eval.select, "selected_epoch": selected_epoch, "n_train_images": len(dataset),
-        "device": str(device), "world_size": world_size, "hardware": provenance.hardware_description(),
-        "final_loss": result.history[-1]["loss"] if result.history else None,
-        "data_ids_sha": hashlib.sha256(json.dumps(view.ids).encode()).hexdigest()[:12],
-        "fast_path": result.fast_path,  # what "auto" resolved to on this device
-        "malloc": malloc_setting(),
-        "lr_schedule": t.lr_schedule, "warmup_steps": t.warmup_steps,
-        # the Test1/Test2 measurements made during training: for the curves only, never to choose the model
-        "monitor": [{"epoch": r["epoch"], **{k: v for k, v in r.items() if "/" in k}}
-                    for r in result.history if any("/" in k for k in r)],
+    return log
+
+
+@dataclass
+class _RunEnd:
+    """The end of a run, whatever ended it: ``model.pt`` and ``train_info.json`` from the weights in memory."""
+
+    params: Params
+    model: torch.nn.Module
+    view: SplitView
+    model_dir: Path
+    device: torch.device
+    world_size: int
+    started: float
+    steps_per_epoch: int
+    rank: int
+
+    def save(self, result: TrainResult, *, keep_state: bool) -> dict:
+        """Write the model and its train info (rank 0); the resumable state goes unless ``keep_state``."""
+        params, t = self.params, self.params.train
+        selected_epoch = result.epochs
+        if params.eval.select == "best_test1" and result.stopped is None:
+            selected_epoch = result.best_epoch
+        info = {
+            "run": params.run, "dataset": params.data.dataset, "fold": params.data.fold,
+            # a run stopped inside its schedule: the epochs it trained, as a fraction
+            "epochs": result.epochs if result.stopped is None else round(result.steps / self.steps_per_epoch, 3),
+            "steps": result.steps, "train_wall_s": round(result.wall_s, 1),
+            "session_wall_s": round(time.perf_counter() - self.started, 1), "resumed_from_epoch": result.resumed_from,
+            "resumed_from_step": result.resumed_from_step,
+            "select": params.eval.select, "selected_epoch": selected_epoch, "n_train_images": len(self.view),
+            "device": str(self.device), "world_size": self.world_size,
+            "hardware": provenance.hardware_description(),
+            "final_loss": result.history[-1]["loss"] if result.history else None,
+            "data_ids_sha": hashlib.sha256(json.dumps(self.view.ids).encode()).hexdigest()[:12],
+            "fast_path": result.fast_path,  # what "auto" resolved to on this device
+            "step_path": result.step_path,  # eager, deferred, graph or compile (farnet.steps)
+            "malloc": malloc_setting(),
+            "lr_schedule": t.lr_schedule, "warmup_steps": t.warmup_steps,
+            "schedule": schedule_info(result, t.lr_milestones),
+            # the Test1/Test2 measurements made during training: for the curves only, never to choose the model
+            "monitor": [{"epoch": r["epoch"], **{k: v for k, v in r.items() if "/" in k}}
+                        for r in result.history if any("/" in k for k in r)],
+        }
+        meta = {
+            "dataset": params.data.dataset, "num_landmarks": self.view.landmarks.shape[1],
+            "landmark_names": list(self.view.landmark_names), "input_hw": list(self.view.input_hw),
+            "normalization": {"scale": 1 / 255, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                              "channels": "grey replicated to 3"},
+            "backbone": params.model.backbone, "params": effective_dict(params),
+            "git_commit": provenance.git_commit(Path.cwd()), "selected_epoch": selected_epoch,
+            "spacing_mm": _default_spacing(self.view), "weights_dtype": t.save_dtype,
+        }
+        if self.rank == 0:
+            save_atomic({"model": _stored(self.model.state_dict(), t.save_dtype), "meta": meta},
+                        self.model_dir / "model.pt")
+            write_json(self.model_dir / "train_info.json", info)
+            if not keep_state:
+                # a finished run needs only its model: the resumable state (weights and Adam moments, 3x the
+                # model) goes
+                state_dir = self.model_dir / "state"
+                shutil.rmtree(state_dir, ignore_errors=True)
+                state_dir.mkdir()
+        return info
+
+
+def schedule_info(result: TrainResult, planned_milestones: Sequence[int]) -> dict:
+    """Which schedule a run trained, for ``train_info.json`` and the provenance: ``full`` only when it is the one
+    the parameters ask for, trained to its end; else why not (``reduced_by``, ``stopped``)."""
+    planned = result.planned_epochs if result.planned_epochs is not None else result.epochs
+    return {
+        "full": result.reduced_by is None and result.stopped is None,
+        "planned_epochs": planned, "planned_lr_milestones": list(planned_milestones),
+        "epochs": result.epochs, "lr_milestones": list(result.lr_milestones), "steps": result.steps,
+        "reduced_by": result.reduced_by,  # "time budget" or "step limit": the schedule was shortened to fit
+        "stopped": result.stopped,  # "time", "steps" or "signal": ended inside the schedule
+        "probe_step_s": result.step_s,
     }
-    meta = {
-        "dataset": params.data.dataset, "num_landmarks": num_landmarks, "landmark_names": list(view.landmark_names),
-        "input_hw": list(view.input_hw), "normalization": {"scale": 1 / 255, "mean": IMAGENET_MEAN,
-                                                           "std": IMAGENET_STD, "channels": "grey replicated to 3"},
-        "backbone": params.model.backbone, "params": effective_dict(params),
-        "git_commit": provenance.git_commit(Path.cwd()), "selected_epoch": selected_epoch,
-        "spacing_mm": _default_spacing(view), "weights_dtype": t.save_dtype,
-    }
-    if rank == 0:
-        save_atomic({"model": _stored(model.state_dict(), t.save_dtype), "meta": meta}, model_dir / "model.pt")
-        write_json(model_dir / "train_info.json", info)
-        # a finished run needs only its model: the resumable state (weights and Adam moments, 3x the model) goes
-        shutil.rmtree(state_dir, ignore_errors=True)
-        state_dir.mkdir()
-    return info
 
 
 def _stored(weights: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
