@@ -2,12 +2,13 @@
 #   make quick   the whole DVC pipeline with the quick profile on the real data (minutes on a 2-core CPU)
 #   make test    the test suite (what CI runs)
 #   make cpu     the quick pipeline with the main `farnet` run trained for about 60 minutes (profile cpu)
+#   make carry   the ISBI 2015 carry that `farnet replicate` trains from on a machine without the data mirror
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export FARNET_DATA_MIRROR ?= $(abspath ../shared/data)
 
-.PHONY: setup quick cpu paper test exp-show
+.PHONY: setup quick cpu paper test exp-show carry
 
 $(BIN)/farnet: pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,9 @@ paper: setup
 # The experiments with the headline numbers of every table (results/summary.json) and the params that differ
 exp-show: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp show --only-changed --drop '^results/(metrics|train)/' --md
+
+carry: setup
+	$(BIN)/farnet carry build --out data/carry/isbi2015-800x640.zip
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file beside the target, fsync, then a rename.
+"""Atomic file writes (a temporary file beside the target, fsync, then a rename) and checked JSON reads.
 
 An interrupted write never leaves a half-written file behind, and a failed one (a full disk) raises
 :class:`~farnet.errors.WriteError` naming the file, keeps the old file and removes the temporary one. Every
@@ -12,12 +12,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 
-from farnet.errors import WriteError
+from farnet.errors import DataError, WriteError
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
@@ -55,6 +55,25 @@ def write_json(path: str | Path, obj) -> Path:
 def write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
     """Write a DataFrame as CSV without its index, floats to 6 significant digits."""
     return write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+
+
+def read_json_object(path: str | Path, missing: str = "file not found") -> dict[str, Any]:
+    """A JSON file holding an object.
+
+    Raises:
+        DataError: naming the file (and the line of a syntax error): ``missing`` when it does not exist, invalid
+            JSON, or JSON that is not an object.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, missing) from None
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"invalid JSON: {err.msg}", line=err.lineno) from None
+    if not isinstance(data, dict):
+        raise DataError(path, f"expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _json_default(value):

@@ -63,3 +63,41 @@ class RandomLandmarks(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.images[i], self.points[i], i
+
+
+ISBI_LIKE_SPLITS = (("train", 4), ("test1", 2), ("test2", 2))
+
+
+def write_prepared(root: Path, input_hw=(64, 64), splits=ISBI_LIKE_SPLITS, k: int = 3) -> Path:
+    """A prepared ``isbi2015`` folder (``root/prepared/isbi2015``) of synthetic radiograph-like images, made by the
+    prepare stage's own cache: smooth grey ramps with mild noise, stored at half of a 160x192 original (W x H),
+    0.1 mm per original pixel, K landmarks, ISBI's split names and unit. Returns that folder."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from farnet.data.cache import build_cache
+    from farnet.data.sample import Sample
+    from farnet.data.views import DATASET_INFO
+
+    rng = np.random.default_rng(0)
+    ramp = np.add.outer(np.arange(96), np.arange(80)).astype(np.float64)  # (H, W) stored
+    samples, ids = [], {}
+    for split, n in splits:
+        ids[split] = []
+        for _ in range(n):
+            image_id = f"{len(samples) + 1:03d}"
+            path = root / "raw" / f"{image_id}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image = np.clip(ramp + rng.normal(0, 4, ramp.shape) + 30 * len(samples) % 60, 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(path)
+            points = rng.uniform(10, 150, (k, 2))  # original pixels
+            samples.append(Sample(image_id, path, points, (160, 192), (80, 96), 0.1, (0.5, 0.5)))
+            ids[split].append(image_id)
+    out = build_cache(samples, root / "prepared" / "isbi2015", tuple(input_hw), progress=False)
+    info = {"dataset": "isbi2015", "unit": "mm", "landmark_names": [f"landmark{i}" for i in range(k)],
+            "input_hw": list(input_hw), "splits": ids, "counts": {s: len(v) for s, v in ids.items()},
+            "fetched": {"source": "synthetic"}, "extras": {}}
+    (out / DATASET_INFO).write_text(json.dumps(info))
+    return out

@@ -13,10 +13,11 @@ renamed into place, so an interrupted prepare leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from farnet.coords import rescale_points
 from farnet.data.sample import Sample
 from farnet.errors import DataError
 
-__all__ = ["Cache", "build_cache", "load_cache", "input_to_original_scale"]
+__all__ = ["Cache", "build_cache", "load_cache", "cache_from_arrays", "input_to_original_scale", "replace_folder",
+           "staged_folder"]
 
 _FILES = ("images.npy", "landmarks.npy", "meta.json")
 FORMAT_VERSION = 1
@@ -102,12 +104,7 @@ def build_cache(samples: Sequence[Sample], out_dir: str | Path, input_hw: tuple[
             raise ValueError(f"sample {s.image_id}: landmarks of shape {s.landmarks_px.shape}, "
                              f"expected ({num_landmarks}, 2) like the first sample")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by an interrupted run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    try:
+    with staged_folder(out_dir) as tmp:
         scales = np.array([input_to_original_scale(s, (height, width)) for s in samples])  # (N, 2)
         landmarks_original = np.stack([s.landmarks_px for s in samples]).astype(np.float64)  # (N, K, 2)
         to_input = np.array([[s.stored_scale_xy[0] * width / s.stored_wh[0],
@@ -140,14 +137,29 @@ def build_cache(samples: Sequence[Sample], out_dir: str | Path, input_hw: tuple[
                              for s in samples],
         }
         (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
-        _swap_into_place(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp with renames only (a folder cannot be os.replace'd over a non-empty one)."""
+@contextlib.contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` to fill: when the block ends normally it replaces ``out_dir``
+    (:func:`replace_folder`), else it goes, so an interrupted writer leaves nothing half-written. Leftovers of a
+    writer killed outright are removed first."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_folder(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(tmp: Path, out_dir: Path) -> None:
+    """Replace out_dir by tmp (a folder beside it) with renames only (a folder cannot be os.replace'd over a
+    non-empty one), so no reader ever sees a half-written folder."""
     old = out_dir.parent / f".{out_dir.name}.tmp-old-{os.getpid()}"
     if out_dir.exists():
         os.replace(out_dir, old)
@@ -169,6 +181,25 @@ def load_cache(cache_dir: str | Path) -> Cache:
         meta = json.loads((cache_dir / "meta.json").read_text())
         images = np.load(cache_dir / "images.npy", mmap_mode="r")  # (N, H, W)
         landmarks = np.load(cache_dir / "landmarks.npy")  # (N, K, 2)
+    except (OSError, ValueError) as err:
+        raise DataError(cache_dir, f"unreadable cache: {type(err).__name__}: {err}") from err
+    return cache_from_arrays(meta, images, landmarks, cache_dir)
+
+
+def cache_from_arrays(meta: dict, images: np.ndarray, landmarks: np.ndarray, where: str | Path) -> Cache:
+    """A :class:`Cache` from the contents of its three files (a cache folder's, or a carry's:
+    :mod:`farnet.data.carry`), checked to agree.
+
+    Args:
+        meta: the parsed ``meta.json``.
+        images: (N, H, W) uint8.
+        landmarks: (N, K, 2) float32 input pixels.
+        where: the folder or file they came from, for the messages.
+
+    Raises:
+        DataError: naming ``where``, when ``meta`` lacks a key or the arrays disagree with it on shapes.
+    """
+    try:
         ids = [str(i) for i in meta["ids"]]
         input_hw = (int(meta["input_hw"][0]), int(meta["input_hw"][1]))
         num_landmarks = int(meta["num_landmarks"])
@@ -177,8 +208,8 @@ def load_cache(cache_dir: str | Path) -> Cache:
         spacing = np.array([np.nan if v is None else float(v) for v in meta["spacing_mm"]])  # (N,)
         original_wh = np.asarray(meta["original_wh"], dtype=np.int64)  # (N, 2)
         source_files = list(meta["source_files"])
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
-        raise DataError(cache_dir, f"unreadable cache: {type(err).__name__}: {err}") from err
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise DataError(where, f"unreadable cache: {type(err).__name__}: {err}") from err
     n = len(ids)
     expected = {
         "images.npy": (images.shape, (n, *input_hw)),
@@ -193,7 +224,7 @@ def load_cache(cache_dir: str | Path) -> Cache:
     if images.dtype != np.uint8:
         wrong.append(f"images.npy dtype {images.dtype} != uint8")
     if wrong:
-        raise DataError(cache_dir, "cache files disagree: " + "; ".join(wrong))
+        raise DataError(where, "cache files disagree: " + "; ".join(wrong))
     return Cache(images=images, landmarks=landmarks, ids=ids, input_to_original=scales,
                  landmarks_original=landmarks_original, spacing_mm=spacing, original_wh=original_wh,
                  input_hw=input_hw, source_files=source_files, meta=meta)

@@ -14,7 +14,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,32 @@ def replication_gaps(run_info: Mapping[str, Any]) -> list[str]:
         n_train = run_info.get("n_train_images")
         gaps.append(f"data sample only ({n_train if n_train is not None else UNKNOWN} training images), "
                     "not the full data set")
+    schedule = run_info.get("schedule")
+    if isinstance(schedule, Mapping) and schedule.get("full") is False:
+        gaps.append(schedule_note(schedule))
+    form = run_info.get("data_form")
+    if isinstance(form, Mapping) and form.get("form") != "lossless":
+        gaps.append(f"inputs re-encoded ({data_form_note(form)})")
     return gaps
+
+
+def schedule_note(schedule: Mapping[str, Any]) -> str:
+    """e.g. ``"reduced schedule (time budget): 40 of 300 epochs, lr drop at [27]"`` (train_info's ``schedule``)."""
+    why = schedule.get("reduced_by") or "stopped"
+    drops = schedule.get("lr_milestones")
+    text = (f"reduced schedule ({why}): {schedule.get('epochs')} of {schedule.get('planned_epochs')} epochs, "
+            + (f"lr drop at {drops}" if drops else "no lr drop"))
+    if schedule.get("stopped"):
+        text += f", stopped ({schedule['stopped']}) after {schedule.get('steps')} steps"
+    return text
+
+
+def data_form_note(form: Mapping[str, Any]) -> str:
+    """e.g. ``"carry: jpeg q90, lossy, mean |Δ grey| 0.61"`` (a carry's ``carry.json``)."""
+    quality = f" q{form['quality']}" if form.get("quality") is not None else ""
+    diff = form.get("mean_abs_diff")
+    text = f"carry: {form.get('codec', UNKNOWN)}{quality}, {form.get('form', UNKNOWN)}"
+    return text + (f", mean |Δ grey| {diff:.3g} of 255" if isinstance(diff, (int, float)) else "")
 
 
 def run_label(run_info: Mapping[str, Any]) -> str:
@@ -129,12 +154,16 @@ def run_label(run_info: Mapping[str, Any]) -> str:
     return f"{profile} profile — paper protocol"
 
 
-def provenance_header(run_info: Mapping[str, Any]) -> str:
+def provenance_header(run_info: Mapping[str, Any], *, gaps: Sequence[str] | None = None,
+                      extra: Sequence[str] = ()) -> str:
     """Markdown block stating how a run was made, to open every table built from it.
 
     Args:
         run_info: the run's ``results/runs/<name>.json`` (keys as written by the train stage; missing keys
             are shown as "unknown").
+        gaps: why the run is not the paper's protocol, when the run states it itself (``farnet replicate``'s
+            ``replication_gaps``, which also weigh the input size); default :func:`replication_gaps`.
+        extra: further lines, placed before the verdict.
 
     Returns:
         A Markdown block quote ending with a bold verdict: the paper's protocol, or REDUCED with reasons.
@@ -159,14 +188,16 @@ def provenance_header(run_info: Mapping[str, Any]) -> str:
         f"- Training: {get('epochs')} epochs, {get('steps')} steps; optimiser {get('optimizer')}; "
         f"loss {get('loss')} (α = {get('alpha')}); model selection: {get('select')}",
         f"- Input size: {input_size}",
+        *([f"- Data form: {data_form_note(run_info['data_form'])}"] if run_info.get("data_form") else []),
         f"- Hardware: {get('hardware')}; numerics {run_info.get('fast_path') or get('precision')}",
         f"- Train wall time: {_format_seconds(run_info.get('train_wall_s'))}",
         f"- Git commit: {get('git_commit')}" + _code_note(str(get("git_commit"))),
         f"- Params hash: {get('params_hash')}",
         f"- Date: {get('date')}",
+        *extra,
         "",
     ]
-    gaps = replication_gaps(run_info)
+    gaps = replication_gaps(run_info) if gaps is None else list(gaps)
     if gaps:
         lines.append("**REDUCED RUN — not a replication of the paper's protocol:** " + "; ".join(gaps) + ".")
     else:

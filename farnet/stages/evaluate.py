@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from farnet.evaluate import evaluate_split, predict_landmarks
 from farnet.fastpath import default_device, resolve_channels_last, resolve_precision
 from farnet.fileio import write_csv, write_json
 from farnet.report import provenance
-from farnet.trained import load_trained_model
+from farnet.trained import TrainedModel, load_trained_model
 
 
 # argmax (the paper), then the decoders beyond it: sub-pixel (DARK) and guided (fine peak near the coarse peak)
@@ -31,15 +33,43 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
     Writes ``results/metrics/<run>.json`` (DVC metrics), ``results/per_landmark/<run>.csv``,
     ``results/predictions/<run>.csv`` and ``results/runs/<run>.json`` (how the result was made).
     """
-    spec = get_dataset(params.data.dataset)
     trained = load_trained_model(model_dir / "model.pt")
+    prepared = prepared_root / params.data.dataset
+    metrics, per_lm, preds = {}, [], []
+    for split in evaluate_splits(params, prepared, trained, default_device(), progress=progress):
+        metrics.update(split.metrics)
+        per_lm.append(split.per_landmark)
+        preds.append(split.predictions)
+    name = params.run or "run"
+    write_json(results / "metrics" / f"{name}.json", metrics)
+    write_csv(results / "per_landmark" / f"{name}.csv", pd.concat(per_lm, ignore_index=True))
+    write_csv(results / "predictions" / f"{name}.csv", pd.concat(preds, ignore_index=True))
+    train_info = json.loads((model_dir / "train_info.json").read_text())
+    write_json(results / "runs" / f"{name}.json", run_info(trained.meta["params"], train_info,
+                                                           read_dataset_info(prepared)))
+    return metrics
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """One evaluation split of a run: its metrics (keyed as ``metrics/<run>.json`` keys them: the split for the
+    paper's argmax, ``<split>_<decoder>`` for the others), per-landmark table and predictions."""
+
+    split: str
+    metrics: dict
+    per_landmark: pd.DataFrame
+    predictions: pd.DataFrame
+
+
+def evaluate_splits(params: Params, prepared: Path, trained: TrainedModel, device: torch.device, *,
+                    progress: bool = True) -> Iterator[SplitResult]:
+    """The trained model on each of the run's evaluation splits of the prepared dataset, one split at a time (a
+    caller can write each as soon as it is measured)."""
+    spec = get_dataset(params.data.dataset)
     model, meta = trained.model, trained.meta
-    device = default_device()
     precision = resolve_precision(params.train.precision, device)  # "auto" decided once, here
     channels_last = resolve_channels_last(params.train.channels_last, device, precision)
-    prepared = prepared_root / params.data.dataset
     info = read_dataset_info(prepared)
-    metrics, per_lm, preds = {}, [], []
     for split in spec.eval_splits(params.data.fold):
         view = load_split(prepared, split, tuple(meta["input_hw"]))
         pred = predict_landmarks(model, view.images, batch_size=params.eval.batch_size, device=device,
@@ -48,18 +78,10 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
                                  guided_radius_px=max(1, round(params.eval.guided_radius * meta["input_hw"][0])))
         summaries, table, rows = evaluate_split(pred, view, params.eval.sdr_radii_mm, error_unit(spec.unit, view),
                                                 angles=info["extras"].get("cobb_angles_deg"))
-        metrics[split] = summaries["argmax"]  # the paper's decoding
+        metrics = {split: summaries["argmax"]}  # the paper's decoding
         for decoder in DECODE_COLUMNS[1:]:  # beyond the paper, each in its own column
             metrics[f"{split}_{decoder}"] = summaries[decoder]
-        per_lm.append(table)
-        preds.append(rows)
-    name = params.run or "run"
-    write_json(results / "metrics" / f"{name}.json", metrics)
-    write_csv(results / "per_landmark" / f"{name}.csv", pd.concat(per_lm, ignore_index=True))
-    write_csv(results / "predictions" / f"{name}.csv", pd.concat(preds, ignore_index=True))
-    train_info = json.loads((model_dir / "train_info.json").read_text())
-    write_json(results / "runs" / f"{name}.json", run_info(meta["params"], train_info, info))
-    return metrics
+        yield SplitResult(split, metrics, table, rows)
 
 
 def error_unit(unit: str, view) -> str:
@@ -103,6 +125,8 @@ def run_info(trained: dict, info: dict, dataset_info: dict) -> dict:
         "fast_path": info.get("fast_path", ""),
         "seed": trained["seed"], "select": info["select"], "selected_epoch": info["selected_epoch"],
         "hardware": info["hardware"], "device": info["device"], "train_wall_s": info["train_wall_s"],
+        # which schedule ran (None: written before schedules were recorded) and, for data from a carry, its form
+        "schedule": info.get("schedule"), "data_form": dataset_info.get("carry"),
         "git_commit": provenance.git_commit(Path.cwd()), "params_hash": provenance.params_hash(trained),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
         "torch": torch.__version__,
