@@ -17,6 +17,12 @@ COMMANDS = {
     "bench": ("farnet.bench", "time training and inference (fp32 and the fast paths); writes results/benchmarks/"),
     "predict": ("farnet.predict", "landmarks for new images with a trained model (CSV, JSON, overlay PNG)"),
     "export": ("farnet.export", "export a trained model to ONNX with its metadata"),
+    "carry": ("farnet.data.carry", "pack a prepared dataset into one small file that travels with the code "
+                                   "(build, info)"),
+    "replicate": ("farnet.replicate", "one run of the paper's protocol from a carry, without DVC: train, evaluate, "
+                                      "benchmark, each result written as soon as it is known"),
+    "replicate-import": ("farnet.report.gpu", "bring a `farnet replicate` folder home: results/gpu/ (Table 3's GPU "
+                                              "row) and results/benchmarks/cuda-<device>.json"),
 }
 
 

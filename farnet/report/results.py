@@ -10,7 +10,6 @@ they are (:meth:`Results.select`), never by their names.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from farnet.fileio import read_json_object
 from farnet.errors import DataError
 
 #: what a table selects its runs by
@@ -158,20 +158,8 @@ class Results:
 
     def _read_json(self, path: Path) -> dict[str, Any]:
         if path not in self._json:
-            self._json[path] = _read_json(path)
+            self._json[path] = read_json_object(path)
         return self._json[path]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"invalid JSON: {err.msg}", line=err.lineno) from None
-    if not isinstance(data, dict):
-        raise DataError(path, f"expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:

@@ -5,8 +5,10 @@ The paper's numbers live in ``reference/paper_tables.yaml`` exactly as printed a
 A table finds its runs by what their run info says they are, never by their names: Table 1 takes one FARNet run
 per backbone, Table 2 one run per ablation, Tables 4 and 5 one FARNet run per fold (:func:`table1_runs` …),
 all with seed 0. A row of the paper that has no run yet is listed as "not run"; when several runs match one
-row, the first by name is shown and the table's header says so. :func:`write_table` writes Markdown (under the
-runs' provenance) and CSV, both atomically.
+row, the first by name is shown and the table's header says so. A run of ``farnet replicate`` on a lent GPU,
+imported into ``results/gpu/`` (:mod:`farnet.report.gpu`), adds a row of its own to Table 3, with its own
+provenance under the table's. :func:`write_table` writes Markdown (under the runs' provenance) and CSV, both
+atomically.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from farnet.data.registry import get_dataset
 from farnet.errors import DataError
 from farnet.fileio import write_json, write_text
 from farnet.metrics import summarize
+from farnet.report.gpu import GpuRun, device_slug, find_gpu_run, method_label
 from farnet.report.provenance import provenance_header
 from farnet.report.results import Results, TableRuns
 
@@ -246,7 +249,7 @@ def methods_table(results: Results, paper_table: Mapping[str, Any], runs: TableR
 
 
 def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
-           paper: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+           paper: Mapping[str, Any], gpu: GpuRun | None = None) -> dict[str, pd.DataFrame]:
     """Table 3 (ISBI 2015, Test1 and Test2) with our row, plus the ours-vs-paper comparison.
 
     Args:
@@ -254,6 +257,9 @@ def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
             ``test1_subpixel`` / ``test2_subpixel`` (beyond the paper).
         run_info: the run's info (``profile`` and ``input_hw`` are used here).
         paper: :func:`load_paper_tables` output.
+        gpu: the run imported into ``results/gpu/``: one more row (argmax, ``source = ours, GPU``), labelled by
+            :func:`farnet.report.gpu.method_label`, and ``Ours (GPU)`` / ``Difference (GPU)`` columns in the
+            comparison. None: the table as without it.
 
     Returns:
         ``{"table3": …, "ours_vs_paper": …}``. ``table3`` has columns ``Method, Input size, Test1 MRE,
@@ -264,6 +270,7 @@ def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
 
     Raises:
         ValueError: a split or radius is missing from ``metrics`` or from the paper's table.
+        DataError: naming ``results/gpu/run.json``, when the GPU run is not Table 3's run (:func:`check_gpu_run`).
     """
     section = paper["table3"]
     radii = [str(r) for r in section["radii_mm"]]
@@ -288,6 +295,10 @@ def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
             beyond[short] = _table3_values(metrics, radii, "metrics", suffix=suffix)
             rows.append(_table3_row(f"FARNet (ours, {profile}, {label})", our_size, beyond[short],
                                     "ours, beyond the paper"))
+    if gpu is not None:
+        check_gpu_run(gpu, section)
+        on_gpu = _table3_values(gpu.metrics, radii, str(gpu.folder / "metrics.json"))
+        rows.append(_table3_row(method_label(gpu), _size_label(gpu.run["input_hw"]), on_gpu, "ours, GPU"))
 
     units = {name: ("mm" if name.endswith("MRE") else "%") for name in ours}
     comparison = ours_vs_paper(ours, paper_farnet, units)
@@ -295,7 +306,54 @@ def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
         extra = ours_vs_paper(values, paper_farnet, units).set_index("Metric").reindex(comparison["Metric"])
         comparison[f"Ours ({short}, beyond the paper)"] = extra["Ours"].to_numpy()
         comparison[f"Difference ({short})"] = extra["Difference"].to_numpy()
+    if gpu is not None:
+        extra = ours_vs_paper(on_gpu, paper_farnet, units).set_index("Metric").reindex(comparison["Metric"])
+        comparison["Ours (GPU)"] = extra["Ours"].to_numpy()
+        comparison["Difference (GPU)"] = extra["Difference"].to_numpy()
     return {"table3": pd.DataFrame(rows), "ours_vs_paper": comparison}
+
+
+def check_gpu_run(gpu: GpuRun, paper_table: Mapping[str, Any]) -> None:
+    """Raise :class:`~farnet.errors.DataError` naming ``run.json`` unless the GPU run is Table 3's run: the
+    paper's FARNet on its dataset with seed 0 (what :func:`table3_runs` selects)."""
+    expected = {"dataset": paper_table["dataset"], **FARNET, "seed": 0}
+    differ = {key: gpu.run.get(key) for key, value in expected.items() if gpu.run.get(key) != value}
+    if differ:
+        raise DataError(gpu.folder / "run.json", f"run {gpu.run.get('run')!r} is not Table 3's run "
+                                                 f"({expected}): it has {differ}")
+
+
+def gpu_header(gpu: GpuRun, cpu_info: Mapping[str, Any]) -> str:
+    """The provenance of Table 3's GPU row, in the form of :func:`runs_header`'s, with the protocol the run
+    states (input size included), the GPU, its benchmark, and a warning when it was trained unlike the CPU row.
+    """
+    run, bench = gpu.run, gpu.benchmark
+    timing = "no benchmark in the run"
+    if bench is not None:
+        hw = bench.get("input_hw") or run["input_hw"]
+        timing = (f"training step {_seconds(bench.get('train_step'))}, inference {_seconds(bench.get('inference'))} "
+                  f"at {hw[0]}×{hw[1]}, batch {bench.get('batch_size', 1)} "
+                  f"(`results/benchmarks/cuda-{device_slug(gpu.device_name)}.json`)")
+    extra = [
+        f"- GPU: {gpu.device_name}; torch {run['torch']}; fast path {run.get('fast_path') or run.get('precision')}"
+        + (f" (benchmark: {bench['fast_path']})" if bench is not None and bench["fast_path"] != run.get("fast_path")
+           else "") + f"; step path {run.get('step_path') or 'eager'} (`farnet.steps`)",
+        f"- Benchmark: {timing}",
+        f"- Run: status {run['status']}"
+        + (f", {run['wall_s']} s from unpacking the carry to the end" if run.get("wall_s") is not None else ""),
+    ]
+    block = provenance_header(run, gaps=run["replication_gaps"], extra=extra)
+    differ = [key for key in _COMPARABLE_KEYS if json.dumps(run.get(key)) != json.dumps(cpu_info.get(key))]
+    warning = (f"\n**The GPU row was not trained like run {cpu_info.get('run')} ({', '.join(differ)} differ): a "
+               "difference between them is not the effect of the hardware alone.**\n" if differ else "")
+    return ("\nThe GPU row: `farnet replicate` on a lent GPU, imported by `farnet replicate-import` into "
+            "`results/gpu/`:\n\n" + block + warning)
+
+
+def _seconds(measurement: Mapping[str, Any] | None) -> str:
+    if not measurement or measurement.get("median_s") is None:
+        return "not measured"
+    return f"{measurement['median_s']:.3f} s"
 
 
 def _table3_values(source: Mapping[str, Any], radii: Sequence[str], where: str,
@@ -482,15 +540,15 @@ def make_tables(results_dir: Path, raw_root: Path) -> list[Path]:
     t1, t2 = table1_runs(results, paper["table1"]), table2_runs(results, paper["table2"])
     t3, seeds = table3_runs(results, paper["table3"]), seed_runs(results, paper["table3"])
     hand, spine = fold_runs(results, paper["table4"]), fold_runs(results, paper["table5"])
-    farnet = t3.first
+    farnet, gpu = t3.first, find_gpu_run(results.root)
 
     def write(name: str, frames, header: str, title: str, decimals: int = 2) -> list[Path]:
         return write_table(frames, out / f"{name}.md", out / f"{name}.csv", header, title=title, decimals=decimals)
 
     written: list[Path] = []
     if farnet is not None:
-        written += write("table3", table3(results.metrics(farnet), results.info(farnet), paper),
-                         runs_header(results, t3),
+        header = runs_header(results, t3) + (gpu_header(gpu, results.info(farnet)) if gpu is not None else "")
+        written += write("table3", table3(results.metrics(farnet), results.info(farnet), paper, gpu), header,
                          "Table 3: FARNet vs prior methods on the ISBI 2015 cephalometric dataset")
     written += write("table1", methods_table(results, paper["table1"], t1), runs_header(results, t1),
                      "Table 1: backbones on ISBI 2015 Test1 (MRE in mm, SDR in %)")
