@@ -23,4 +23,4 @@ def mirror_root() -> Path:
         pytest.skip("FARNET_DATA_MIRROR not set: point it at the offline data mirror to run this test")
     if not Path(root).is_dir():
         pytest.skip(f"FARNET_DATA_MIRROR not set: {root!r} is not a folder")
-    return Path(root)
+    return Path(root).resolve()  # absolute: tests link to its files from temporary folders
