@@ -101,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--side-warmup", type=int, default=20,
                         help="steps each side-by-side process takes before the barrier and its timing (default: 20)")
     parser.add_argument("--num-workers", type=int, default=None,
-                        help="data-loading processes of the training (default: 4 on CUDA, the params' elsewhere)")
+                        help="data-loading processes of the training (default: the params', 0: the batches are "
+                             "slices of a memory-mapped cache, and the engine restarts its workers every epoch)")
     parser.add_argument("--evaluate", type=Path, default=None, metavar="MODEL",
                         help="evaluate this trained model.pt (train_info.json beside it) on the carry instead of "
                              "training one: metrics, per-landmark and prediction files only")
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         side_by_side=(_counts(args.side_by_side, "--side-by-side", zero=True) if args.side_by_side
                       else (1, 4, 8) if cuda else ()),
         side_steps=args.side_steps, side_warmup=args.side_warmup,
-        num_workers=args.num_workers if args.num_workers is not None else (4 if cuda else None),
+        num_workers=args.num_workers,
         deadline_s=None if args.deadline_min is None else args.deadline_min * 60, reserve_s=args.reserve_min * 60)
     with tempfile.TemporaryDirectory(prefix="farnet-replicate-") as scratch:
         summary = replicate(args.carry, args.out, device=device, budget=budget, run_name=args.run,
