@@ -240,6 +240,8 @@ def replicate(carry: Path, out: Path, *, device: torch.device, budget: TrainBudg
     record = {"status": "unpacking", "command": shlex.join(sys.argv), "run": run_name, "device": str(device),
               "hardware": provenance.hardware_description(), "torch": torch.__version__,
               "git_commit": provenance.git_commit(Path.cwd()),
+              # where no git is (a working tree sent to a lent machine): matched to a commit on import
+              "code_digest": provenance.code_digest(Path(__file__).resolve().parent.parent),
               "carry": {k: v for k, v in info.items() if k != "attempts"},
               "budget": None if budget is None else {"seconds": budget.seconds, "max_steps": budget.max_steps,
                                                      "probe_steps": budget.probe_steps},

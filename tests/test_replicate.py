@@ -18,7 +18,7 @@ from farnet.cli import main
 from farnet.data.carry import pack_carry
 from farnet.errors import TrainingInterrupted
 from farnet.replicate import replication_params
-from farnet.report.provenance import replication_gaps
+from farnet.report.provenance import code_digest, replication_gaps
 from farnet.report.results import PER_LANDMARK_COLUMNS, PREDICTION_COLUMNS
 from helpers import ROOT, write_committed_params, write_prepared
 
@@ -85,6 +85,7 @@ def test_dry_run_writes_every_result_without_dvc(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done" and run["carry"]["form"] == "lossy" and run["carry"]["codec"] == "jpeg"
     assert run["profile"] == "paper" and run["data_form"]["quality"] == 90
+    assert run["code_digest"] == code_digest(ROOT)  # the code that ran, for a machine without git
     assert any(gap.startswith("inputs re-encoded (carry: jpeg q90, lossy") for gap in run["replication_gaps"])
 
     # the same model evaluated again, on a lossless form of the carry: what the lossy form changed

@@ -5,7 +5,9 @@ imported into a results folder, and Table 3 gains one row with the right numbers
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,9 @@ from farnet.cli import main
 from farnet.config import effective_dict, params_from_dict
 from farnet.errors import DataError
 from farnet.metrics import OUTLIER_MM, summarize
+from farnet.report import gpu as gpu_module
 from farnet.report.gpu import device_slug, find_gpu_run, import_gpu_run, method_label, read_gpu_run
-from farnet.report.provenance import replication_gaps
+from farnet.report.provenance import code_digest, commit_of_digest, git_commit, replication_gaps
 from farnet.report.tables import make_tables
 from farnet.stages.evaluate import run_info
 from helpers import ROOT, committed_params
@@ -314,3 +317,45 @@ def test_read_gpu_run_reads_what_replicate_writes(returned):
     gpu = read_gpu_run(returned)
     assert gpu.device_name == GPU_NAME and gpu.reduced and gpu.run["steps"] == gpu.train_info["steps"] == 4500
     assert gpu.metrics["test1"]["mre_mm"] == pytest.approx(2.05) and gpu.metrics["test2"]["outliers_pct"] == 25.0
+
+
+def test_a_run_made_without_git_is_named_by_the_commit_whose_code_it_ran(tmp_path, results, monkeypatch):
+    digests = []
+
+    def matched(digest, repo_dir):
+        digests.append(digest)
+        return "abc1234"
+
+    monkeypatch.setattr(gpu_module, "commit_of_digest", matched)
+    returned = write_replicate_folder(tmp_path / "nogit", git_commit="unknown", code_digest="d" * 64)
+    import_gpu_run(returned, results)
+    run = json.loads((results / "gpu" / "run.json").read_text())
+    assert digests == ["d" * 64] and run["git_commit"] == "abc1234"
+    assert run["git_commit_source"] == "code digest of the run matched this commit at import"
+    bench = json.loads((results / "benchmarks" / "cuda-nvidia-h200.json").read_text())
+    assert bench["origin"]["git_commit"] == "abc1234"
+    monkeypatch.setattr(gpu_module, "commit_of_digest", lambda digest, repo_dir: None)
+    import_gpu_run(returned, results)
+    run = json.loads((results / "gpu" / "run.json").read_text())
+    assert run["git_commit"] == "unknown" and run["git_commit_source"].startswith("unknown: the run's code digest")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_code_digest_names_the_clean_commit_that_has_it(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "farnet").mkdir(parents=True)
+    (repo / "farnet" / "a.py").write_text("x = 1\n")
+    (repo / "params.yaml").write_text("seed: 0\n")
+    (repo / "notes.txt").write_text("not code\n")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": os.environ["PATH"]}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "c"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+    digest = code_digest(repo)
+    head = git_commit(repo)
+    assert commit_of_digest(digest, repo) == head and len(head) >= 7
+    (repo / "notes.txt").write_text("changed, but not code\n")
+    assert code_digest(repo) == digest
+    assert commit_of_digest("0" * 64, repo) is None  # another code
+    (repo / "farnet" / "a.py").write_text("x = 2\n")
+    assert code_digest(repo) != digest and commit_of_digest(code_digest(repo), repo) is None  # dirty

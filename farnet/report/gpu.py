@@ -23,6 +23,7 @@ from typing import Any
 
 from farnet.errors import DataError
 from farnet.fileio import read_json_object, write_json
+from farnet.report.provenance import UNKNOWN, commit_of_digest
 from farnet.report.results import RUN_INFO_KEYS
 
 __all__ = ["GpuRun", "add_arguments", "device_slug", "import_gpu_run", "read_gpu_run", "find_gpu_run", "run"]
@@ -130,7 +131,14 @@ def import_gpu_run(source: str | Path, results: str | Path) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for name in (*REQUIRED, *OPTIONAL):
-        if (source / name).is_file():
+        if name == "run.json" and gpu.run.get("git_commit") == UNKNOWN and gpu.run.get("code_digest"):
+            # made without git: named by the commit here whose code it ran, when there is one
+            commit = commit_of_digest(gpu.run["code_digest"], Path(__file__).resolve().parents[2])
+            gpu.run.update(git_commit=commit or UNKNOWN, git_commit_source=(
+                "code digest of the run matched this commit at import" if commit else
+                "unknown: the run's code digest matched no clean checkout at import"))
+            written.append(write_json(target / name, gpu.run))
+        elif (source / name).is_file():
             shutil.copyfile(source / name, target / name)
             written.append(target / name)
         else:  # left by an earlier import: it belongs to another run

@@ -45,6 +45,32 @@ def git_commit(repo_dir: str | Path) -> str:
     return f"{head}-dirty" if code else head
 
 
+#: the files whose contents decide what a run computes (the code and its parameters), for :func:`code_digest`
+CODE_FILES = ("farnet/**/*.py", "baselines/**/*.py", "farnet/report/reference/*.yaml", "params.yaml")
+
+
+def code_digest(root: str | Path) -> str:
+    """A sha256 over the paths and contents of :data:`CODE_FILES` under ``root``: the code of a run made where
+    there is no git (a working tree sent to a lent machine), to be matched to a commit back home
+    (:func:`commit_of_digest`)."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    files = {p for pattern in CODE_FILES for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts}
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def commit_of_digest(digest: str, repo_dir: str | Path) -> str | None:
+    """The commit (short hash) of ``repo_dir`` whose code has ``digest``: its HEAD, when the work tree's code is
+    HEAD's and hashes to it; else None (the run's code is not this checkout's)."""
+    commit = git_commit(repo_dir)
+    if commit == UNKNOWN or commit.endswith("-dirty") or code_digest(repo_dir) != digest:
+        return None
+    return commit
+
+
 def _git(repo_dir: str | Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-C", str(repo_dir), *args],
