@@ -5,7 +5,9 @@ the batch sizes of the trained model, and training processes sharing the device.
   asked for (a fresh model each, at batch 1), with what building the path took (capture, compilation); the
   fastest that worked is the path the run trains on (:func:`fastest_path`).
 - :func:`batch_sweep`: a training step (on the run's path) and an inference at each batch size, timed as
-  ``farnet bench`` times them; the best batch is the one with the most images per second.
+  ``farnet bench`` times them; the best batch is the one with the most images per second. On CUDA the inference
+  is also timed as a CUDA graph at batch 1 and at its best batch (each training path's batch-1 step is in
+  :func:`time_step_paths`' results).
 - :func:`side_by_side`: 1, 4, 8 … training processes started together on one device (each a run of
   :data:`SIDE_BY_SIDE_RUNS` on the carry's data, through the engine's data path and step), each timing its
   steps after a warm-up and a barrier; their summed step rate is what ``dvc queue start -j N`` gets from one GPU
@@ -120,6 +122,18 @@ def batch_sweep(model: torch.nn.Module, params: Params, num_landmarks: int, devi
     for what in ("train_step", "inference"):
         ok = {b: m for b, m in out[what].items() if "images_per_s" in m}
         out[f"best_batch_{what}"] = int(max(ok, key=lambda b: ok[b]["images_per_s"])) if ok else None
+    if device.type == "cuda":  # the inference's other path: normalisation, forward and argmax in a CUDA graph
+        from farnet.bench.compiled import graphed_inference
+
+        out["inference_graph"] = {}
+        for batch in sorted({1, out["best_batch_inference"] or 1}):
+            try:
+                out["inference_graph"][str(batch)] = timed(graphed_inference(model, fast, spec, batch), spec, device,
+                                                           batch)
+                log(f"inference (CUDA graph) batch {batch}: {describe(out['inference_graph'][str(batch)])}")
+            except Exception as exc:  # noqa: BLE001 - a capture that fails is a result, not the end of the run
+                out["inference_graph"][str(batch)] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            release(device)
     return out
 
 
