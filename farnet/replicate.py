@@ -243,8 +243,7 @@ def replicate(carry: Path, out: Path, *, device: torch.device, budget: TrainBudg
               # where no git is (a working tree sent to a lent machine): matched to a commit on import
               "code_digest": provenance.code_digest(Path(__file__).resolve().parent.parent),
               "carry": {k: v for k, v in info.items() if k != "attempts"},
-              "budget": None if budget is None else {"seconds": budget.seconds, "max_steps": budget.max_steps,
-                                                     "probe_steps": budget.probe_steps},
+              "budget": _budget_record(budget),
               "deadline_s": plan.deadline_s, "started": datetime.now(UTC).isoformat(timespec="seconds")}
     write_json(out / "run.json", record)
     prepared = work / "prepared" / params.data.dataset
@@ -264,8 +263,7 @@ def replicate(carry: Path, out: Path, *, device: torch.device, budget: TrainBudg
             write_json(out / "benchmark.json", bench)
         record["step_path"] = path
         budget = _fit_deadline(budget, plan, started)
-        record["budget"] = None if budget is None else {"seconds": budget.seconds, "max_steps": budget.max_steps,
-                                                        "probe_steps": budget.probe_steps}
+        record["budget"] = _budget_record(budget)
         write_json(out / "run.json", {**record, "status": "training"})
         model = work / "model" / "model.pt"
         try:
@@ -333,6 +331,11 @@ def _fit_deadline(budget: TrainBudget | None, plan: MeasurePlan, started: float)
     left = max(60.0, plan.deadline_s - (time.perf_counter() - started) - plan.reserve_s)
     budget = budget or TrainBudget()
     return replace(budget, seconds=left if budget.seconds is None else min(budget.seconds, left))
+
+
+def _budget_record(budget: TrainBudget | None) -> dict | None:
+    return None if budget is None else {"seconds": budget.seconds, "max_steps": budget.max_steps,
+                                        "probe_steps": budget.probe_steps}
 
 
 def _say(message: str) -> None:

@@ -230,12 +230,10 @@ class Stepper:
         sums = dict(self._sums)
         for name, acc in self._graph_sums.items():
             sums[name] = sums.get(name, 0.0) + acc
-        names = list(sums)
-        tensors = [v for v in sums.values() if isinstance(v, torch.Tensor)]
-        host = torch.stack([t.float() for t in tensors]).tolist() if tensors else []
-        values, it = {}, iter(host)
-        for name in names:
-            values[name] = next(it) if isinstance(sums[name], torch.Tensor) else sums[name]
+        on_device = [name for name, value in sums.items() if isinstance(value, torch.Tensor)]
+        host = dict(zip(on_device, torch.stack([sums[name].float() for name in on_device]).tolist())) \
+            if on_device else {}
+        values = {name: host.get(name, value) for name, value in sums.items()}
         for acc in self._graph_sums.values():
             acc.zero_()
         n, self._pending, self._sums = self._pending, 0, {}
