@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -145,7 +146,8 @@ def side_by_side(counts: Sequence[int], *, carry_hw: tuple[int, int], prepared_r
     single = None
     for n in counts:
         folder = work / f"side-by-side-{n}"
-        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # an earlier command's ready and result files would count
+        folder.mkdir(parents=True)
         runs = [SIDE_BY_SIDE_RUNS[i % len(SIDE_BY_SIDE_RUNS)] for i in range(n)]
         procs = []
         for i, run in enumerate(runs):
