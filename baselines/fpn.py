@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from farnet.backbone import Backbone
-from farnet.layers import ConvBNReLU, Float32Conv2d
-from farnet.inference import Heatmaps
+from farnet.models.backbone import Backbone
+from farnet.models.layers import ConvBNReLU, Float32Conv2d
+from farnet.models.interface import Heatmaps
 
 FINEST_STRIDE = 4  # C2, the finest level of Lin et al.'s pyramid
 
@@ -27,7 +27,7 @@ class FeaturePyramidNetwork(nn.Module):
     """FPN on a backbone, with a full-resolution heatmap head.
 
     Args:
-        backbone: a :class:`~farnet.backbone.Backbone`.
+        backbone: a :class:`~farnet.models.backbone.Backbone`.
         num_landmarks: K.
         width: channels of the pyramid (256 in Lin et al. and the paper).
         head_width: channels of the 3x3 conv of the heatmap head (the paper does not say; 64 keeps this

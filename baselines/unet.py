@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from farnet.layers import ConvBNReLU, Float32Conv2d
-from farnet.inference import Heatmaps
+from farnet.models.layers import ConvBNReLU, Float32Conv2d
+from farnet.models.interface import Heatmaps
 
 
 # deviation: 'same' padding (the original uses valid convs and crops the skips), so the heatmaps come out at

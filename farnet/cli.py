@@ -10,25 +10,25 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from farnet.allocator import tune_malloc
-from farnet.errors import run_command
+from farnet.core.allocator import tune_malloc
+from farnet.core.errors import run_command
 
 COMMANDS = {
-    "bench": ("farnet.bench", "time training and inference (fp32 and the fast paths); writes results/benchmarks/"),
-    "predict": ("farnet.predict", "landmarks for new images with a trained model (CSV, JSON, overlay PNG)"),
-    "export": ("farnet.export", "export a trained model to ONNX with its metadata"),
-    "carry": ("farnet.data.carry", "pack a prepared dataset into one small file that travels with the code "
+    "bench": ("farnet.commands.bench", "time training and inference (fp32 and the fast paths); writes results/benchmarks/"),
+    "predict": ("farnet.commands.predict", "landmarks for new images with a trained model (CSV, JSON, overlay PNG)"),
+    "export": ("farnet.commands.export", "export a trained model to ONNX with its metadata"),
+    "carry": ("farnet.commands.carry", "pack a prepared dataset into one small file that travels with the code "
                                    "(build, info)"),
-    "replicate": ("farnet.replicate", "one run of the paper's protocol from a carry, without DVC: train, evaluate, "
+    "replicate": ("farnet.commands.replicate", "one run of the paper's protocol from a carry, without DVC: train, evaluate, "
                                       "benchmark, each result written as soon as it is known"),
-    "replicate-import": ("farnet.report.gpu", "bring a `farnet replicate` folder home: results/gpu/ (Table 3's GPU "
+    "replicate-import": ("farnet.commands.replicate_import", "bring a `farnet replicate` folder home: results/gpu/ (Table 3's GPU "
                                               "row) and results/benchmarks/cuda-<device>.json"),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the `farnet` command itself, not a call from Python
-        tune_malloc()  # re-executes once, before torch is imported: see farnet/allocator.py
+        tune_malloc()  # re-executes once, before torch is imported: see farnet/core/allocator.py
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="farnet", description="FARNet replication suite")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

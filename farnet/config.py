@@ -2,7 +2,7 @@
 
 ``params.yaml`` holds the paper's protocol as the base and named *profiles* (``profiles.quick``) whose keys are
 merged over the base when ``profile`` names one. This is the one place that reads the file: unknown keys, wrong
-types and bad choices raise :class:`~farnet.errors.ConfigError` naming the dotted key. Modules never see these
+types and bad choices raise :class:`~farnet.core.errors.ConfigError` naming the dotted key. Modules never see these
 objects; only the ``build_*`` factories and the pipeline stages do.
 """
 
@@ -20,12 +20,14 @@ from typing import Any, Literal
 
 import yaml
 
-from farnet.errors import ConfigError
+from farnet.data.registry import DATASETS, get_dataset
+from farnet.core.errors import ConfigError
+from farnet.models.registry import (ARCHITECTURE_NAMES, BACKBONE_NAMES, COMMON_MULTIPLE, input_size_problem)
 
-Backbone = Literal["vgg16", "vgg19", "resnet101", "resnet152", "densenet121", "densenet169"]
-
-
-DatasetName = Literal["isbi2015", "hand_dha", "spine_boostnet", "custom"]
+# The choices of these keys are the registries' entries: one table each, read here
+BackboneName = Literal[BACKBONE_NAMES]
+ArchitectureName = Literal[ARCHITECTURE_NAMES]
+DatasetName = Literal[tuple(DATASETS)]
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,13 @@ class HeatmapParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    backbone: Backbone = "densenet121"
+    backbone: BackboneName = "densenet121"
     pretrained: str = "none"  # "imagenet" (needs internet), "none", or a path to a state dict
     fusion: Literal["concat", "add"] = "concat"  # MSFA vs MSFA(+) of Table 2
     refinement: Literal["guided", "naive", "none"] = "guided"  # FR, FR*, no FR
     fr_input_kernel: int = 3  # paper §3.1.2: 3x3; the authors' code: 1x1
     head: Literal["authors", "bn_relu"] = "authors"  # both heads as the authors' network | conv+BN+ReLU option
-    architecture: Literal["farnet", "unet", "fpn"] = "farnet"  # the U-Net and FPN baselines of Table 2
+    architecture: ArchitectureName = "farnet"  # the U-Net and FPN baselines of Table 2
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class TrainParams:
     epochs: int = 300
     batch_size: int = 1
     # deviation: "auto" trains with bf16 autocast (and channels_last) where the hardware runs bf16 natively
-    # (farnet.fastpath; DESIGN §7); the paper trains in fp32, which `precision: fp32` restores.
+    # (farnet.core.fastpath; docs/design.md §7); the paper trains in fp32, which `precision: fp32` restores.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     num_workers: int = 0
@@ -311,28 +313,25 @@ def _profile_chain(profiles: dict[str, Any], profile: Any) -> list[tuple[str, di
         profile = parent
 
 
-SEED_MAX = 2**32 - 1  # augmentation keeps a seed's low 32 bits (farnet.augment): a larger one would alias a smaller
+SEED_MAX = 2**32 - 1  # augmentation keeps a seed's low 32 bits (farnet.data.augment): a larger one would alias a smaller
 
 
 def _check_values(p: Params) -> None:
     """Range checks that types alone cannot express: every number finite and in its range, ``data.fold`` one of
     the dataset's folds (:meth:`~farnet.data.registry.DatasetSpec.check_fold`), ``model.pretrained`` a source
     that exists."""
-    from farnet.data.registry import get_dataset  # the registry imports this module
-
     for key, value in _floats(p, ""):
         if not math.isfinite(value):
             raise ConfigError(f"{key}: {value!r} must be a finite number")
     for name, dataset in p.datasets.items():
-        if not all(v > 0 and v % 32 == 0 for v in dataset.input_hw):
-            raise ConfigError(f"datasets.{name}.input_hw: {dataset.input_hw!r} both sizes must be positive multiples of 32")
+        if not all(v > 0 and v % COMMON_MULTIPLE == 0 for v in dataset.input_hw):
+            raise ConfigError(f"datasets.{name}.input_hw: {dataset.input_hw!r} both sizes must be positive multiples "
+                              f"of {COMMON_MULTIPLE} (the coarsest stride of every registered network)")
         if not 0 <= dataset.split_seed <= SEED_MAX:
             raise ConfigError(f"datasets.{name}.split_seed: {dataset.split_seed!r} must be in [0, 2**32 - 1]")
     if p.run is not None and p.data.dataset not in p.datasets:  # a run must train on a configured dataset
         raise ConfigError(f"data.dataset: {p.data.dataset!r} has no entry under datasets (have: {sorted(p.datasets)})")
     checks = [
-        ("data.input_hw", p.data.input_hw is None or all(v > 0 and v % 32 == 0 for v in p.data.input_hw),
-         "both sizes must be positive multiples of 32"),
         ("data.fold", p.data.fold >= 1, "must be >= 1"),
         ("data.train_limit", p.data.train_limit is None or p.data.train_limit > 0, "must be positive or null"),
         ("seed", 0 <= p.seed <= SEED_MAX, "must be in [0, 2**32 - 1]"),
@@ -365,6 +364,14 @@ def _check_values(p: Params) -> None:
             for part in key.split("."):
                 value = getattr(value, part)
             raise ConfigError(f"{key}: {value!r} {why}")
+    if p.run is not None:  # the size this run trains at must suit its network
+        key = "data.input_hw" if p.data.input_hw is not None else f"datasets.{p.data.dataset}.input_hw"
+        problem = input_size_problem(p.input_hw, p.model.architecture, p.model.backbone)
+        if problem:
+            raise ConfigError(f"{key}: {list(p.input_hw)!r} {problem}")
+    elif p.data.input_hw is not None and not all(v > 0 and v % COMMON_MULTIPLE == 0 for v in p.data.input_hw):
+        raise ConfigError(f"data.input_hw: {p.data.input_hw!r} both sizes must be positive multiples of "
+                          f"{COMMON_MULTIPLE}")
     get_dataset(p.data.dataset).check_fold(p.data.fold)
     pretrained = p.model.pretrained
     if pretrained not in ("none", "imagenet") and not Path(pretrained).is_file():

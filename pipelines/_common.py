@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from farnet.config import Params, load_params, params_from_stage, stage_params
-from farnet.errors import ConfigError, run_command
+from farnet.core.errors import ConfigError, run_command
 
 
 def run_stage(main: Callable[[], int | None]) -> int:

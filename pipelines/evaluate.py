@@ -7,7 +7,7 @@ from pathlib import Path
 
 from _common import parse, run_stage
 
-from farnet.allocator import tune_malloc
+from farnet.core.allocator import tune_malloc
 
 
 def main(argv=None) -> int:
@@ -24,5 +24,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    tune_malloc()  # re-executes once, before torch is imported: see farnet/allocator.py
+    tune_malloc()  # re-executes once, before torch is imported: see farnet/core/allocator.py
     sys.exit(run_stage(main))

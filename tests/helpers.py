@@ -7,7 +7,7 @@ import torch
 import yaml
 from torch import nn
 
-from farnet.inference import Heatmaps
+from farnet.models.interface import Heatmaps
 
 ROOT = Path(__file__).resolve().parents[1]
 

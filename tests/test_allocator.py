@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from farnet.allocator import MALLOC_TUNABLES, OPT_OUT, malloc_setting, tunables
+from farnet.core.allocator import MALLOC_TUNABLES, OPT_OUT, malloc_setting, tunables
 
 
 def test_tunables_on_glibc_with_a_clean_environment():
@@ -32,7 +32,7 @@ def test_malloc_setting_says_what_is_in_force():
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES exists on glibc only")
 def test_re_executes_once_with_the_same_arguments():
-    code = ("import os, sys; from farnet.allocator import tune_malloc; print('start', flush=True); tune_malloc(); "
+    code = ("import os, sys; from farnet.core.allocator import tune_malloc; print('start', flush=True); tune_malloc(); "
             "print(os.environ.get('GLIBC_TUNABLES')); print(sys.argv[1:])")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT)}
     out = subprocess.run([sys.executable, "-c", code, "a b", "--x"], env=env, capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Tests of farnet.augment: image and landmarks move exactly together, reproducibly."""
+"""Tests of farnet.data.augment: image and landmarks move exactly together, reproducibly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from farnet.augment import (
+from farnet.data.augment import (
     AUGMENTATIONS,
     AugmentParams,
     LandmarkAugmentation,

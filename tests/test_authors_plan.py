@@ -1,4 +1,4 @@
-"""The DenseNet-121 FARNet pinned to the authors' network (DESIGN §3): heads, taps, channel plan, size, cost.
+"""The DenseNet-121 FARNet pinned to the authors' network (docs/design.md §3): heads, taps, channel plan, size, cost.
 
 The facts come from the authors' published network, counted with K = 19 and their 1x1 FR input conv: 61,218,963
 parameters used by the forward pass and 310.93 GFLOP at 800x640 (``torch.utils.flop_counter``). The model is
@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from farnet.backbone import Backbone
-from farnet.heatmaps import decode_argmax, decode_subpixel, encode_heatmaps
-from farnet.layers import Float32Conv2d
-from farnet.model import FARNet
+from farnet.models.backbone import Backbone
+from farnet.evaluation.heatmaps import decode_argmax, decode_subpixel, encode_heatmaps
+from farnet.models.layers import Float32Conv2d
+from farnet.models.farnet import FARNet
 
 K = 19
 

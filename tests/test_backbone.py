@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from farnet.backbone import BACKBONES, Backbone
+from farnet.models.backbone import Backbone
+from farnet.models.registry import BACKBONE_NAMES as BACKBONES
 
 EXPECTED = {  # channels per level, finest first; VGG's first level is full resolution (C0)
     "vgg16": ([64, 128, 256, 512, 512], [1, 2, 4, 8, 16]),

@@ -3,13 +3,15 @@ import torch
 
 from baselines.fpn import FeaturePyramidNetwork
 from baselines.unet import UNet
-from farnet.backbone import BACKBONES, Backbone
+from farnet.models.backbone import Backbone
+from farnet.models.registry import BACKBONE_NAMES as BACKBONES
 from farnet.config import ModelParams, params_from_dict
-from farnet.engine import TrainOptions, train
-from farnet.errors import ConfigError
-from farnet.layers import Float32Conv2d
-from farnet.losses import L2HeatmapLoss
-from farnet.model import FARNet, build_model
+from farnet.training.engine import TrainOptions, train
+from farnet.core.errors import ConfigError
+from farnet.models.layers import Float32Conv2d
+from farnet.training.losses import L2HeatmapLoss
+from farnet.models.factory import build_model
+from farnet.models.farnet import FARNet
 
 K = 3
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from farnet import fastpath
-from farnet.bench import command, compiled, measure, report
+from farnet.core import fastpath
+from farnet.commands.bench import command, compiled, measure, summary
 from farnet.cli import main
 from farnet.data.cache import build_cache
 from farnet.data.sample import Sample
-from farnet.errors import ConfigError
+from farnet.core.errors import ConfigError
 
 EAGER = ["fp32", "bf16", "channels_last", "bf16+channels_last"]
 
@@ -29,14 +29,14 @@ def quick_report(tmp_path_factory):
 
 def test_quick_report_schema(quick_report):
     doc, out = quick_report
-    assert doc["schema"] == report.SCHEMA_VERSION and doc["quick"] is True
-    assert doc["device"].startswith("cpu-") and doc["device"] == report.device_slug(torch.device("cpu"))
+    assert doc["schema"] == summary.SCHEMA_VERSION and doc["quick"] is True
+    assert doc["device"].startswith("cpu-") and doc["device"] == summary.device_slug(torch.device("cpu"))
     for key in ("hardware", "torch", "date", "git_commit", "device_name"):
         assert isinstance(doc[key], str) and doc[key]
     assert doc["settings"]["size_hw"] == [64, 64] and doc["settings"]["batches"] == [1, 2]
     assert doc["auto"]["precision"] in ("fp32", "bf16")
     assert doc["flops"]["train_step_per_image"] > doc["flops"]["forward_per_image"] > 0
-    assert doc["reference"]["authors_cpu_train_step_s"] == report.AUTHORS_CPU_TRAIN_STEP_S == 7.0
+    assert doc["reference"]["authors_cpu_train_step_s"] == summary.AUTHORS_CPU_TRAIN_STEP_S == 7.0
     assert doc["reference"]["authors_cpu_inference_s"] == 2.2
     peak = doc["peak"]  # measured in the same run, fp32 and bf16, on the same cores
     assert peak["measured"] is True and "MEASURED" in peak["source"]
@@ -76,7 +76,7 @@ def test_quick_report_numbers_are_positive(quick_report):
 
 
 def test_ratios_to_the_authors_at_800x640_on_their_kind_of_cpu(monkeypatch):
-    monkeypatch.setattr(report, "cpu_isa", lambda: report.AUTHORS_CPU_ISA)
+    monkeypatch.setattr(summary, "cpu_isa", lambda: summary.AUTHORS_CPU_ISA)
     results = {"fp32": {"status": "ok", "precision": "fp32",
                         "train": {"1": {"median_s": 16.0, "images_per_s": 1 / 16}},
                         "inference": {"1": {"median_s": 4.4, "images_per_s": 1 / 4.4}}},
@@ -85,7 +85,7 @@ def test_ratios_to_the_authors_at_800x640_on_their_kind_of_cpu(monkeypatch):
                         "inference": {"1": {"median_s": 1.1, "images_per_s": 1 / 1.1}}}}
     flops = {"train_step_per_image": 930e9, "forward_per_image": 311e9}
     peak = {"bf16_flops_per_s": 930e9, "fp32_flops_per_s": 465e9}
-    report.add_ratios(results, flops, peak, torch.device("cpu"), (800, 640))
+    summary.add_ratios(results, flops, peak, torch.device("cpu"), (800, 640))
     r = results["bf16"]["ratios"]
     assert r["train_speedup_vs_fp32"] == pytest.approx(16 / 1.75) and r["train_speedup_vs_authors"] == pytest.approx(4.0)
     assert r["inference_speedup_vs_authors"] == pytest.approx(2.0) and r["inference_speedup_vs_fp32"] == pytest.approx(4.0)
@@ -93,10 +93,10 @@ def test_ratios_to_the_authors_at_800x640_on_their_kind_of_cpu(monkeypatch):
     assert results["bf16"]["train"]["1"]["fraction_of_peak"] == pytest.approx(1 / 1.75)
     assert results["fp32"]["train"]["1"]["fraction_of_peak"] == pytest.approx(930e9 / 16 / 465e9)
     assert r["paper_schedule_train_s"] == pytest.approx(45000 * 1.75)
-    report.add_ratios(results, flops, peak, torch.device("cuda"), (800, 640))
+    summary.add_ratios(results, flops, peak, torch.device("cuda"), (800, 640))
     assert results["bf16"]["ratios"]["train_speedup_vs_authors"] is None  # CPU figures: not for a GPU
-    monkeypatch.setattr(report, "cpu_isa", lambda: "avx2")
-    report.add_ratios(results, flops, peak, torch.device("cpu"), (800, 640))
+    monkeypatch.setattr(summary, "cpu_isa", lambda: "avx2")
+    summary.add_ratios(results, flops, peak, torch.device("cpu"), (800, 640))
     assert results["bf16"]["ratios"]["train_speedup_vs_authors"] is None  # nor for another CPU
 
 
@@ -130,7 +130,7 @@ def test_paths_per_device_and_bad_options():
 
 
 def test_cpu_peak_is_labelled_an_estimate():
-    peak = report.cpu_peak_estimate()
+    peak = summary.cpu_peak_estimate()
     assert peak["estimate"] is True
     if peak["bf16_flops_per_s"] is not None:
         assert peak["bf16_flops_per_s"] >= peak["fp32_flops_per_s"] > 0
@@ -142,9 +142,9 @@ def test_measured_peak_times_the_conv_in_both_precisions():
     flops = 2 * 256 * 256 * 9 * 200 * 160
     assert measured["fp32_flops_per_s"] == pytest.approx(flops / measured["fp32_times_s"][0])
     assert "3x3 convolution 256 -> 256 channels at 200x160" in measured["method"]
-    peak = report.device_peak(torch.device("cpu"), measured)
+    peak = summary.device_peak(torch.device("cpu"), measured)
     assert peak["measured"] is True and peak["bf16_flops_per_s"] == measured["bf16_flops_per_s"]
-    forced = report.device_peak(torch.device("cpu"), measured, peak_tflops=1.0)
+    forced = summary.device_peak(torch.device("cpu"), measured, peak_tflops=1.0)
     assert forced["measured"] is False and forced["bf16_flops_per_s"] == 1e12
 
 

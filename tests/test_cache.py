@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from farnet.coords import rescale_points
+from farnet.core.coords import rescale_points
 from farnet.data.cache import build_cache, load_cache
 from farnet.data.imageio import map_points, read_grayscale, resize_grayscale
 from farnet.data.isbi import Sample, read_isbi2015
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 from farnet.data.cache import load_cache
 from farnet.data.carry import load_carry, pack_carry, read_carry_info, unpack_carry
 from farnet.data.views import load_split, read_dataset_info
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 from helpers import write_prepared
 
 

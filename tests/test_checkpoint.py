@@ -1,4 +1,4 @@
-"""Tests of farnet.checkpoint's clean-up of temporary files that a killed save leaves behind."""
+"""Tests of farnet.core.checkpoint's clean-up of temporary files that a killed save leaves behind."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import signal
 import subprocess
 import sys
 
-from farnet.checkpoint import remove_stale_temporaries
+from farnet.core.checkpoint import remove_stale_temporaries
 
 # A save killed half-way: atomic_write (what save_atomic uses) writes some bytes, then the process gets SIGKILL,
 # so no `finally` runs and the temporary file stays.
 KILLED_SAVE = """
 import os, signal, sys
-from farnet.fileio import atomic_write
+from farnet.core.fileio import atomic_write
 
 def write(fh):
     fh.write(b"half a checkpoint")

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from farnet.config import Params, check_every_run, effective_dict, load_params, params_from_dict
-from farnet.errors import ConfigError
+from farnet.core.errors import ConfigError
 from helpers import committed_params, write_committed_params
 
 
@@ -94,6 +94,27 @@ def test_bad_runs(runs, run, match):
 def test_bad_values_name_the_key(data, match):
     with pytest.raises(ConfigError, match=match):
         params_from_dict(data)
+
+
+@pytest.mark.parametrize("run, match", [
+    # batch norm at the coarsest level over 2 values per image: the gradients explode (1e10 in bf16)
+    ({"data": {"input_hw": [64, 32]}}, r"data\.input_hw: \[64, 32\] gives a 2x1 map at stride 32: batch norm"),
+    ({"data": {"input_hw": [32, 32]}}, r"gives a 1x1 map at stride 32"),
+    ({"data": {"input_hw": [40, 64]}, "model": {"backbone": "vgg16"}}, r"multiples of 16 \(the coarsest stride of farnet on vgg16\)"),
+    ({"data": {"input_hw": [72, 64]}, "model": {"architecture": "unet"}}, r"multiples of 16 \(the coarsest stride of unet\)"),
+])
+def test_a_run_refuses_an_input_its_network_cannot_train_at(run, match):
+    with pytest.raises(ConfigError, match=match):
+        params_from_dict({"runs": {"r": {"dataset": "isbi2015", **run}}}, run="r")
+
+
+@pytest.mark.parametrize("run, input_hw", [
+    ({"data": {"input_hw": [64, 64]}}, (64, 64)),  # 2x2 at stride 32: the smallest DenseNet size
+    ({"data": {"input_hw": [128, 32]}}, (128, 32)),  # 4x1
+    ({"data": {"input_hw": [32, 48]}, "model": {"backbone": "vgg16"}}, (32, 48)),  # VGG: stride 16, 2x3
+])
+def test_a_run_accepts_the_smallest_sizes_it_can_train_at(run, input_hw):
+    assert params_from_dict({"runs": {"r": {"dataset": "isbi2015", **run}}}, run="r").input_hw == input_hw
 
 
 def test_load_params_names_the_file(tmp_path):

@@ -5,16 +5,15 @@ size (its guided-decoder columns: tests/test_pipeline.py)."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 
 import pandas as pd
 import pytest
 
-from farnet import steps
+from farnet.training import steps
 from farnet.config import load_params, params_from_dict
-from farnet.errors import ConfigError, TrainingInterrupted
+from farnet.core.errors import ConfigError, TrainingInterrupted
 from helpers import committed_params
 
 
@@ -61,7 +60,7 @@ def test_cpu_machinery_at_a_tiny_size(mirror_root, tmp_path, monkeypatch):
 
     raw = committed_params()
     raw["profile"] = "tiny"
-    raw["profiles"]["tiny"] = {"extends": "cpu", "datasets": {"isbi2015": {"input_hw": [64, 32]}},
+    raw["profiles"]["tiny"] = {"extends": "cpu", "datasets": {"isbi2015": {"input_hw": [64, 64]}},
                                "runs": {"farnet": {"data": {"train_limit": 4}, "heatmap": {"sigma_px": 1.0},
                                                    "train": {"epochs": 3, "log_every_steps": 2, "monitor_every": 2,
                                                              "warmup_steps": 2},

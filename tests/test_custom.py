@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from farnet.data.custom import assign_splits, fetch_custom, read_custom
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 W, H = 40, 30
 

@@ -1,4 +1,4 @@
-"""Tests of farnet.distributed and the engine under DDP: two CPU processes (gloo on 127.0.0.1) train exactly as
+"""Tests of farnet.training.distributed and the engine under DDP: two CPU processes (gloo on 127.0.0.1) train exactly as
 one process with their combined batch, resume from rank 0's checkpoint on every rank, and stop together when
 one rank's loss is not finite."""
 
@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from farnet import distributed
-from farnet.engine import TrainOptions, train
-from farnet.errors import TrainingDiverged
-from farnet.losses import ExponentialWeightedCenterLoss
-from farnet.inference import Heatmaps
+from farnet.training import distributed
+from farnet.training.engine import TrainOptions, train
+from farnet.core.errors import TrainingDiverged
+from farnet.training.losses import ExponentialWeightedCenterLoss
+from farnet.models.interface import Heatmaps
 
 WORLD_SIZE = 2
 OPTS = TrainOptions(epochs=2, sigma_px=2.0, lr=1e-2, batch_size=1, seed=7, checkpoint_every=1)

@@ -5,12 +5,12 @@ from torch import nn
 import json
 from dataclasses import replace
 
-from farnet.engine import (TrainBudget, TrainOptions, build_optimizer, heatmap_loss, lr_at, resumable_epoch,
+from farnet.training.engine import (TrainBudget, TrainOptions, build_optimizer, heatmap_loss, lr_at, resumable_epoch,
                            scheduled_lr, shortened_schedule, train)
-from farnet.fastpath import memory_format_of
-from farnet.heatmaps import encode_heatmaps
-from farnet.errors import DataError, TrainingDiverged
-from farnet.losses import ExponentialWeightedCenterLoss
+from farnet.core.fastpath import memory_format_of
+from farnet.evaluation.heatmaps import encode_heatmaps
+from farnet.core.errors import DataError, TrainingDiverged
+from farnet.training.losses import ExponentialWeightedCenterLoss
 from helpers import RandomLandmarks, TinyNet
 
 
@@ -220,7 +220,7 @@ class _Clock:
 
 def test_a_time_budget_fits_the_schedule_after_its_probe(tmp_path, monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr("farnet.engine.time", clock)
+    monkeypatch.setattr("farnet.training.engine.time", clock)
     opts = replace(OPTS, epochs=10, lr_milestones=(6,), log_every_steps=1)  # 30 steps of 1 s
     result = train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="t",
                    progress=False, budget=TrainBudget(seconds=10.0, probe_steps=4), log=clock.tick)
@@ -233,7 +233,7 @@ def test_a_time_budget_fits_the_schedule_after_its_probe(tmp_path, monkeypatch):
 
 def test_a_run_past_its_time_budget_stops_after_the_step(tmp_path, monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr("farnet.engine.time", clock)
+    monkeypatch.setattr("farnet.training.engine.time", clock)
     opts = replace(OPTS, log_every_steps=1)  # 9 steps of 1 s; the probe never ends, the clock stops it
     result = train(make(), Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="c",
                    progress=False, budget=TrainBudget(seconds=5.0, probe_steps=100), log=clock.tick)

@@ -7,17 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from farnet import trained as trained_module
-from farnet import cli, export, predict
-from farnet.checkpoint import save_atomic
+from farnet.models import trained as trained_module
+from farnet import cli
+from farnet.commands import export, predict
+from farnet.core.checkpoint import save_atomic
 from farnet.config import Params, effective_dict
-from farnet.errors import DataError, WriteError
-from farnet.inference import Heatmaps
+from farnet.core.errors import DataError, WriteError
+from farnet.models.interface import Heatmaps
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -r requirements.txt)")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: the ONNX parity check cannot run")
 
-INPUT_HW = (32, 48)
+INPUT_HW = (64, 96)  # multiples of 32, as the metadata's DenseNet-121 needs
 
 
 

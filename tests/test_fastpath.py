@@ -1,4 +1,4 @@
-"""Tests of farnet.fastpath: where "auto" resolves to, the config fields that take it, and that every fast path
+"""Tests of farnet.core.fastpath: where "auto" resolves to, the config fields that take it, and that every fast path
 predicts the same landmarks as fp32 on a real radiograph (bf16 autocast and channels_last on the CPU;
 torch.compile and CUDA graphs on CUDA only, since compiling FARNet on a 2-core CPU takes minutes)."""
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from farnet import fastpath
+from farnet.core import fastpath
 from farnet.config import load_params, params_from_dict
-from farnet.engine import TrainOptions, build_optimizer, train, train_step
-from farnet.errors import ConfigError
-from farnet.fastpath import FastPath, autocast, resolve, resolve_channels_last, resolve_precision
-from farnet.losses import ExponentialWeightedCenterLoss
+from farnet.training.engine import TrainOptions, build_optimizer, train, train_step
+from farnet.core.errors import ConfigError
+from farnet.core.fastpath import FastPath, autocast, resolve, resolve_channels_last, resolve_precision
+from farnet.training.losses import ExponentialWeightedCenterLoss
 from helpers import RandomLandmarks, TinyNet, write_committed_params
 
 
@@ -139,9 +139,9 @@ def trained_on_001(mirror_root, tmp_path_factory):
     from farnet.config import LossParams, ModelParams
     from farnet.data.cache import build_cache, load_cache
     from farnet.data.isbi import read_isbi2015
-    from farnet.inference import normalize
-    from farnet.losses import build_loss
-    from farnet.model import build_model
+    from farnet.models.interface import normalize
+    from farnet.training.losses import build_loss
+    from farnet.models.factory import build_model
 
     root = mirror_root / "isbi2015"
     if not (root / "MANIFEST.json").is_file():
@@ -167,8 +167,8 @@ def trained_on_001(mirror_root, tmp_path_factory):
 
 
 def _heatmaps(model, images_u8, fast: FastPath) -> torch.Tensor:
-    from farnet.inference import normalize
-    from farnet.inference import final_heatmaps
+    from farnet.models.interface import normalize
+    from farnet.models.interface import final_heatmaps
 
     model.to(memory_format=fast.memory_format)
     x = normalize(torch.from_numpy(np.array(images_u8)).unsqueeze(1)).contiguous(memory_format=fast.memory_format)
@@ -184,7 +184,7 @@ def test_fast_path_predicts_the_same_landmarks_as_fp32(trained_on_001, fast):
     bf16 autocast, 1e-4 of it for fp32 channels_last (a different summation order only). At least 95 % of
     landmarks must meet the 1 px bound; a trained model has 19 clear peaks, so in practice all do.
     """
-    from farnet.evaluate import predict_landmarks
+    from farnet.evaluation.loop import predict_landmarks
 
     model, cache = trained_on_001
     reference = predict_landmarks(model, cache.images, device="cpu", precision="fp32", channels_last=False,
@@ -215,8 +215,8 @@ def test_compiled_and_graphed_inference_predict_the_same_landmarks_as_fp32(train
     within 1 px of fp32's in x and in y at the input resolution (cuDNN's TF32/bf16 arithmetic included)."""
     import copy
 
-    from farnet.bench.compiled import graphed_inference
-    from farnet.evaluate import predict_landmarks
+    from farnet.commands.bench.compiled import graphed_inference
+    from farnet.evaluation.loop import predict_landmarks
 
     model, cache = trained_on_001
     reference = predict_landmarks(model, cache.images, device="cpu", decoders=("argmax",), progress=False)["argmax"]

@@ -1,4 +1,4 @@
-"""Tests of farnet.data.fetch: safe archive extraction, the committed manifests, verified copies, the mirror
+"""Tests of farnet.data.download: safe archive extraction, the committed manifests, verified copies, the mirror
 fetches (ISBI, hand, spine) and the figshare path (offline, with canned answers)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from farnet.data import fetch
-from farnet.data.fetch import (
+from farnet.data import download as fetch
+from farnet.data.download import (
     copy_verified,
     fetch_isbi2015,
     parse_figshare_files,
@@ -29,7 +29,7 @@ from farnet.data.hand import fetch_hand
 from farnet.data.isbi import read_isbi2015
 from farnet.data.manifest import Manifest, hash_folder, write_manifest
 from farnet.data.spine import fetch_spine
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 
 def _sha(data: bytes) -> str:

@@ -1,6 +1,6 @@
 """Fuzzing the readers: hundreds of corrupted images and annotation files, seeded.
 
-Every case must either load correctly or raise :class:`farnet.errors.FarnetError`: never another exception, never
+Every case must either load correctly or raise :class:`farnet.core.errors.FarnetError`: never another exception, never
 a hang (each case has a time budget, enforced by SIGALRM), never a silently wrong value. "Correctly" is checked
 against independent, deliberately simple reference parsers: a valid annotation file must load to exactly what was
 written, an invalid one must fail on the line the reference names; a truncated image must fail or decode to the
@@ -30,7 +30,7 @@ from PIL import Image
 from farnet.data.custom import read_custom
 from farnet.data.imageio import read_grayscale, read_image_size
 from farnet.data.isbi import read_annotation, read_isbi2015
-from farnet.errors import DataError, FarnetError
+from farnet.core.errors import DataError, FarnetError
 
 # Pillow and pydicom warn about the corrupt files they are fed; that is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
@@ -639,8 +639,8 @@ def garbage_model_cases(rng):
 def test_fuzz_garbage_models(tmp_path, monkeypatch):
     from test_predict import TinyNet, write_model
 
-    from farnet import predict
-    from farnet import trained as trained_module
+    from farnet.commands import predict
+    from farnet.models import trained as trained_module
 
     monkeypatch.setattr(trained_module, "build_model", lambda params, k: TinyNet(k))
     failures = Failures()
@@ -670,8 +670,8 @@ def degenerate_images(rng):
 def test_fuzz_degenerate_images_get_landmarks_and_a_word(tmp_path, monkeypatch):
     from test_predict import StructureNet, write_model
 
-    from farnet import predict
-    from farnet import trained as trained_module
+    from farnet.commands import predict
+    from farnet.models import trained as trained_module
 
     monkeypatch.setattr(trained_module, "build_model", lambda params, k: StructureNet(k))
     trained = predict.load_trained_model(write_model(tmp_path / "m.pt", k=3, input_hw=(32, 64), net=StructureNet(3)))
@@ -945,7 +945,7 @@ def existing_link_cases(rng):
 
 
 def test_fuzz_safe_extract_into_a_folder_with_links(tmp_path):
-    from farnet.data.fetch import safe_extract
+    from farnet.data.download import safe_extract
 
     rng = np.random.default_rng(SEED + 4)
     failures = Failures()

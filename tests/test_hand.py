@@ -21,7 +21,7 @@ from farnet.data.hand import (
     read_hand_annotations,
     wrist_spacing_mm,
 )
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 
 def _points(seed: int = 0, size: tuple[int, int] = (300, 400)) -> np.ndarray:

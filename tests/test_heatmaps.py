@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from farnet.heatmaps import decode_argmax, decode_subpixel, encode_heatmaps, scale_points
+from farnet.evaluation.heatmaps import decode_argmax, decode_subpixel, encode_heatmaps, scale_points
 
 
 def test_encode_matches_equation_1_by_hand():
@@ -59,7 +59,7 @@ def test_bad_sigma():
 
 
 def test_guided_decoder_ignores_a_far_spurious_peak():
-    from farnet.heatmaps import decode_guided
+    from farnet.evaluation.heatmaps import decode_guided
 
     fine = encode_heatmaps(torch.tensor([[[40.0, 30.0]]]), (64, 64), sigma_px=2.0)
     fine[0, 0, 5, 60] = 2.0  # a spurious maximum far from the landmark: plain argmax takes it

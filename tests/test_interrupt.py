@@ -11,11 +11,11 @@ import time
 import pytest
 import torch
 
-from farnet.engine import TrainOptions, train
-from farnet.errors import TrainingInterrupted
-from farnet.interrupt import StopOnSignal, stop_requested
-from farnet.losses import ExponentialWeightedCenterLoss
-from farnet.inference import Heatmaps
+from farnet.training.engine import TrainOptions, train
+from farnet.core.errors import TrainingInterrupted
+from farnet.training.interrupt import StopOnSignal, stop_requested
+from farnet.training.losses import ExponentialWeightedCenterLoss
+from farnet.models.interface import Heatmaps
 
 
 
@@ -119,10 +119,10 @@ SCRIPT = textwrap.dedent('''
     import torch
 
     torch.set_num_threads(1)
-    from farnet.engine import TrainOptions, train
-    from farnet.errors import TrainingInterrupted
-    from farnet.losses import ExponentialWeightedCenterLoss
-    from farnet.inference import Heatmaps
+    from farnet.training.engine import TrainOptions, train
+    from farnet.core.errors import TrainingInterrupted
+    from farnet.training.losses import ExponentialWeightedCenterLoss
+    from farnet.models.interface import Heatmaps
 
     class Tiny(torch.nn.Module):
         def __init__(self, k=2):
@@ -219,7 +219,7 @@ TWO_SIGNALS = textwrap.dedent('''
     import sys, time
     from pathlib import Path
 
-    from farnet.interrupt import StopOnSignal
+    from farnet.training.interrupt import StopOnSignal
 
     try:
         with StopOnSignal():

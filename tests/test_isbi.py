@@ -18,7 +18,7 @@ from farnet.data.isbi import (
     read_annotation,
     read_isbi2015,
 )
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 
 def _parse_txt(path: Path) -> np.ndarray:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from farnet.config import LossParams, params_from_dict
-from farnet.losses import AdaptiveWingLoss, ExponentialWeightedCenterLoss, L2HeatmapLoss, build_loss
-from farnet.heatmaps import encode_heatmaps
+from farnet.training.losses import AdaptiveWingLoss, ExponentialWeightedCenterLoss, L2HeatmapLoss, build_loss
+from farnet.evaluation.heatmaps import encode_heatmaps
 
 
 def test_ewc_equals_formula_on_hand_made_values():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from farnet.data.manifest import MANIFEST_DIR, Manifest, hash_folder, write_manifest
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 
 def _sha(data: bytes) -> str:

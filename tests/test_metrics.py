@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from farnet.metrics import per_landmark, radial_error_mm, successful_detection_rate, summarize
+from farnet.evaluation.metrics import per_landmark, radial_error_mm, successful_detection_rate, summarize
 
 
 def test_3_4_5_triangle_at_a_tenth_of_a_mm():

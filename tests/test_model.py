@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from farnet.backbone import Backbone
-from farnet.engine import heatmap_loss
-from farnet.losses import ExponentialWeightedCenterLoss
-from farnet.inference import final_heatmaps
-from farnet.model import FARNet
-from farnet.msfa import MultiScaleFeatureAggregation
+from farnet.models.backbone import Backbone
+from farnet.training.engine import heatmap_loss
+from farnet.training.losses import ExponentialWeightedCenterLoss
+from farnet.models.interface import final_heatmaps
+from farnet.models.farnet import FARNet
+from farnet.models.msfa import MultiScaleFeatureAggregation
 
 K = 5
 

@@ -10,17 +10,18 @@ import torch
 from PIL import Image, PngImagePlugin
 from torch import nn
 
-from farnet import trained as trained_module
-from farnet import cli, predict
-from farnet.checkpoint import save_atomic
+from farnet.models import trained as trained_module
+from farnet import cli
+from farnet.commands import predict
+from farnet.core.checkpoint import save_atomic
 from farnet.config import Params, effective_dict
 from farnet.data.imageio import read_image_with_spacing, resize_grayscale
-from farnet.inference import IMAGENET_MEAN, IMAGENET_STD
-from farnet.errors import DataError
-from farnet.heatmaps import encode_heatmaps
-from farnet.inference import Heatmaps
+from farnet.models.interface import IMAGENET_MEAN, IMAGENET_STD
+from farnet.core.errors import DataError
+from farnet.evaluation.heatmaps import encode_heatmaps
+from farnet.models.interface import Heatmaps
 
-INPUT_HW = (48, 64)  # (H_in, W_in)
+INPUT_HW = (64, 96)  # (H_in, W_in): multiples of 32, as the metadata's DenseNet-121 needs
 ORIGINAL_WH = (150, 110)  # (W, H): both axes scaled by a different, non-integer factor
 
 
@@ -322,7 +323,7 @@ def test_real_farnet_checkpoint_round_trip(tmp_path):
     """No patching: the real FARNet rebuilt from a model.pt's metadata gives the saved network's heatmaps."""
     torch.manual_seed(0)
     params = Params()
-    from farnet.model import build_model
+    from farnet.models.factory import build_model
 
     net = build_model(params.model, 2).eval()
     write_model(tmp_path / "model.pt", k=2, input_hw=(64, 64), net=net)
@@ -339,7 +340,7 @@ def test_cli_on_mirror_images(mirror_root, tmp_path, tiny):
     images = [mirror_root / "isbi2015/RawImage/Test1Data/151.jpg",
               sorted((mirror_root / "hand_dha/images").glob("*.png"))[0],
               sorted((mirror_root / "spine_boostnet/data/training").glob("*.jpg"))[0]]
-    ckpt = write_model(tmp_path / "model.pt", k=19, input_hw=(64, 48), dataset="isbi2015")
+    ckpt = write_model(tmp_path / "model.pt", k=19, input_hw=(64, 64), dataset="isbi2015")
     out = tmp_path / "out"
     assert cli.main(["predict", *map(str, images), "--model", str(ckpt), "--out", str(out), "--no-progress",
                      "--batch-size", "2"]) == 0

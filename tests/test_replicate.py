@@ -16,9 +16,9 @@ import pytest
 
 from farnet.cli import main
 from farnet.data.carry import pack_carry
-from farnet.errors import TrainingInterrupted
-from farnet.replicate import replication_params
-from farnet.report.provenance import code_digest, replication_gaps
+from farnet.core.errors import TrainingInterrupted
+from farnet.commands.protocol import replication_params
+from farnet.core.provenance import code_digest, replication_gaps
 from farnet.report.results import PER_LANDMARK_COLUMNS, PREDICTION_COLUMNS
 from helpers import ROOT, write_committed_params, write_prepared
 
@@ -144,7 +144,7 @@ def _farnet_params(tmp_path):
 
 def test_a_sigterm_leaves_a_usable_model_and_train_info(tmp_path, monkeypatch):
     from farnet.stages.train import train_run
-    from farnet.trained import load_trained_model
+    from farnet.models.trained import load_trained_model
 
     monkeypatch.setenv("FARNET_DEVICE", "cpu")
     write_prepared(tmp_path, input_hw=(64, 64), k=K)
@@ -165,7 +165,7 @@ def test_a_sigterm_leaves_a_usable_model_and_train_info(tmp_path, monkeypatch):
 
 
 def test_the_fastest_step_path_that_worked_trains():
-    from farnet.bench.replication import fastest_path
+    from farnet.commands.bench.side_by_side import fastest_path
 
     ok = lambda s: {"status": "ok", "step_s": s}  # noqa: E731
     assert fastest_path({"eager": ok(0.020), "deferred": ok(0.015), "graph": ok(0.009), "compile": ok(0.0088)}) \

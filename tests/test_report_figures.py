@@ -10,7 +10,7 @@ import pytest
 from fake_results import isbi_metrics, per_landmark, predictions, write_run
 from PIL import Image
 
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 from farnet.report import figures
 from farnet.report.figures import (
     DPI, make_plots, plot_ewc_weight, plot_overlays, plot_ours_vs_paper, plot_per_landmark_mre, plot_sdr_curve,

@@ -18,11 +18,13 @@ import yaml
 from fake_results import per_landmark, predictions, write_run
 from farnet.cli import main
 from farnet.config import effective_dict, params_from_dict
-from farnet.errors import DataError
-from farnet.metrics import OUTLIER_MM, summarize
-from farnet.report import gpu as gpu_module
-from farnet.report.gpu import device_slug, find_gpu_run, import_gpu_run, method_label, read_gpu_run
-from farnet.report.provenance import code_digest, commit_of_digest, git_commit, replication_gaps
+from farnet.core.errors import DataError
+from farnet.evaluation.metrics import OUTLIER_MM, summarize
+from farnet.commands import replicate_import as gpu_module
+from farnet.commands.replicate_import import import_gpu_run
+from farnet.core.fileio import device_slug
+from farnet.report.gpu import find_gpu_run, method_label, read_gpu_run
+from farnet.core.provenance import code_digest, commit_of_digest, git_commit, replication_gaps
 from farnet.report.tables import make_tables
 from farnet.stages.evaluate import run_info
 from helpers import ROOT, committed_params
@@ -50,7 +52,7 @@ def write_replicate_folder(out: Path, *, benchmark: bool = True, **run_changes) 
     """What ``farnet replicate --out out`` leaves after a run that ended (status done) on an H200."""
     out.mkdir(parents=True)
     raw = committed_params()
-    raw["profile"] = "paper"  # as farnet.replicate.replication_params
+    raw["profile"] = "paper"  # as farnet.commands.replicate.replication_params
     trained = effective_dict(params_from_dict(raw, "farnet"))
     train_info = {
         "run": "farnet", "dataset": "isbi2015", "fold": 1, "epochs": 30, "steps": 4500, "train_wall_s": 3600.0,
@@ -85,7 +87,7 @@ def write_replicate_folder(out: Path, *, benchmark: bool = True, **run_changes) 
             "input_hw": [800, 640], "batch_size": 1, "train_step": step, "inference": inference,
             "in_run": {"steps": 4500, "train_wall_s": 3600.0, "mean_step_s": 0.8, "probe_step_s": 0.21,
                        "method": "the training itself"},
-            "method": "farnet.bench.measure.timed: median of 20 runs after 5 warm-up",
+            "method": "farnet.commands.bench.measure.timed: median of 20 runs after 5 warm-up",
             "summary": {"train_step": "0.123 s", "inference": "0.045 s"}}
     for name, data in files.items():
         (out / name).write_text(json.dumps(data, indent=2) + "\n")
@@ -205,10 +207,10 @@ def test_the_command(returned, results, capsys):
 def test_device_slug_is_farnet_bench_s(monkeypatch, name, slug):
     import torch
 
-    from farnet.bench import report
+    from farnet.commands.bench import summary
 
-    monkeypatch.setattr(report, "device_name", lambda device: name)
-    assert device_slug(name) == report.device_slug(torch.device("cuda")) == slug
+    monkeypatch.setattr(summary, "device_name", lambda device: name)
+    assert device_slug(name) == summary.device_slug(torch.device("cuda")) == slug
 
 
 def test_a_partial_gpu_folder_is_an_error_not_an_absent_run(results):
@@ -260,7 +262,7 @@ def test_table3_states_the_gpu_row_s_provenance(returned, results):
         f"> - Hardware: {HARDWARE}; numerics bf16+channels_last",
         "> - Train wall time: 3600.0 s (60.0 min)",
         "> - Git commit: 1a2b3c4 (the code that ran, as committed; params.yaml as the params hash says)",
-        "> - GPU: NVIDIA H200; torch 2.9.0+cu128; fast path bf16+channels_last; step path graph (`farnet.steps`)",
+        "> - GPU: NVIDIA H200; torch 2.9.0+cu128; fast path bf16+channels_last; step path graph (`farnet.training.steps`)",
         "> - Benchmark: training step 0.123 s, inference 0.045 s at 800×640, batch 1 "
         "(`results/benchmarks/cuda-nvidia-h200.json`)",
         "> - Run: status done, 3890.4 s from unpacking the carry to the end",

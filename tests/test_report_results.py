@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from fake_results import isbi_metrics, per_landmark, predictions, write_run
 
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 from farnet.report.results import Results, TableRuns
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from fake_results import isbi_metrics, per_landmark, predictions, split, write_run
 
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 from farnet.report.results import Results, TableRuns
 from farnet.report.tables import (
     decoding_table, fold_runs, inter_observer_table, load_paper_tables, make_tables, methods_table, ours_vs_paper,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from farnet.config import load_params, params_from_stage, stage_params
-from farnet.errors import ConfigError
+from farnet.core.errors import ConfigError
 from farnet.stages.resolve import resolve
 from helpers import committed_params
 

@@ -11,17 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
-from farnet import trained as trained_module
-from farnet import cli, predict
-from farnet.checkpoint import load_checkpoint, save_atomic
-from farnet.fileio import write_json
-from farnet.data.fetch import fetch_isbi2015
+from farnet.models import trained as trained_module
+from farnet import cli
+from farnet.commands import predict
+from farnet.core.checkpoint import load_checkpoint, save_atomic
+from farnet.core.fileio import write_json
+from farnet.data.download import fetch_isbi2015
 from farnet.data.imageio import read_grayscale, read_image_with_spacing
 from farnet.data.isbi import read_annotation, read_isbi2015
-from farnet.engine import TrainOptions, train
-from farnet.errors import DataError, FarnetError, WriteError
-from farnet.inference import Heatmaps
-from farnet.losses import ExponentialWeightedCenterLoss
+from farnet.training.engine import TrainOptions, train
+from farnet.core.errors import DataError, FarnetError, WriteError
+from farnet.models.interface import Heatmaps
+from farnet.training.losses import ExponentialWeightedCenterLoss
 from test_predict import TinyNet, dicom_bytes, write_model
 
 
@@ -206,10 +207,10 @@ def test_disk_full_during_training_keeps_the_last_good_checkpoint(tmp_path, monk
     train(Tiny(), Data(), ExponentialWeightedCenterLoss(40), TrainOptions(**{**options.__dict__, "epochs": 1}),
           tmp_path, fingerprint="f", progress=False)
     good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    import farnet.checkpoint
+    import farnet.core.checkpoint
 
     real_save = torch.save
-    monkeypatch.setattr(farnet.checkpoint.torch, "save", lambda obj, fh: (real_save(obj, io.BytesIO()), enospc()))
+    monkeypatch.setattr(farnet.core.checkpoint.torch, "save", lambda obj, fh: (real_save(obj, io.BytesIO()), enospc()))
     with pytest.raises(WriteError, match=r"checkpoint\.pt: cannot write"):
         train(Tiny(), Data(), ExponentialWeightedCenterLoss(40), options, tmp_path, fingerprint="f", progress=False)
     monkeypatch.undo()
@@ -334,17 +335,17 @@ def test_input_hw_that_the_network_cannot_take(tmp_path, monkeypatch, capsys):
                      str(tmp_path / "out"), "--no-progress"]) == 0
 
 
-def test_input_multiple_of_the_real_networks():
+def test_registered_input_multiple_is_the_real_networks_coarsest_stride():
     from dataclasses import replace
 
     from farnet.config import Params
-    from farnet.model import build_model
-    from farnet.trained import input_multiple
+    from farnet.models.factory import build_model
+    from farnet.models.registry import input_multiple
 
     model = Params().model
-    assert input_multiple(build_model(model, 2)) == 32  # DenseNet-121: C5 at stride 32
-    assert input_multiple(build_model(replace(model, architecture="unet"), 2)) == 16
-    assert input_multiple(TinyNet(2)) == 1  # publishes no strides: nothing to check
+    net = build_model(model, 2)
+    assert input_multiple("farnet", "densenet121") == max(net.backbone.strides) == 32  # C5 at stride 32
+    assert input_multiple("unet", "densenet121") == build_model(replace(model, architecture="unet"), 2).multiple == 16
 
 
 def test_degenerate_images_get_a_word(tmp_path, monkeypatch, capsys):
@@ -363,7 +364,7 @@ def test_degenerate_images_get_a_word(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     for name in ("flat.png", "dot.png"):
         assert f"{name}: warning: low confidence: 2 of 2 landmarks" in err
-    assert "strip.png: warning: the image is 5000x1 but the model's input is 64x48" in err
+    assert "strip.png: warning: the image is 5000x1 but the model's input is 96x64" in err
     for stem, image in (("flat", images["flat.png"]), ("dot", images["dot.png"]), ("strip", images["strip.png"])):
         doc = json.loads((out / f"{stem}.json").read_text())
         assert doc["warnings"], stem
@@ -390,8 +391,8 @@ def test_device_names_are_checked(tmp_path, monkeypatch, capsys, name, message):
 
 
 def test_device_checks(monkeypatch):
-    from farnet.errors import ConfigError
-    from farnet.fastpath import default_device, parse_device
+    from farnet.core.errors import ConfigError
+    from farnet.core.fastpath import default_device, parse_device
 
     assert parse_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -24,7 +24,7 @@ from farnet.data.spine import (
     read_spine_mat,
     spine_splits,
 )
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 
 @pytest.fixture(scope="module")

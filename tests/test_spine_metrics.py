@@ -1,4 +1,4 @@
-"""Tests of farnet.spine_metrics: fractional MSE and ρ, Cobb angles (AASCE reference method), SMAPE."""
+"""Tests of farnet.evaluation.spine_metrics: fractional MSE and ρ, Cobb angles (AASCE reference method), SMAPE."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farnet.spine_metrics import (
+from farnet.evaluation.spine_metrics import (
     cobb_angles,
     fractional_mse,
     is_s_shaped,

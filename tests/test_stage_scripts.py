@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from farnet.errors import ConfigError, DataError, TrainingInterrupted, run_command
+from farnet.core.errors import ConfigError, DataError, TrainingInterrupted, run_command
 from helpers import ROOT, committed_params_text, write_committed_params
 
 

@@ -14,8 +14,8 @@ from farnet.data.cache import build_cache
 from farnet.data.registry import DATASETS, get_dataset
 from farnet.data.sample import Sample
 from farnet.data.views import DATASET_INFO, load_split
-from farnet.errors import ConfigError, DataError
-from farnet.evaluate import evaluate_split
+from farnet.core.errors import ConfigError, DataError
+from farnet.evaluation.loop import evaluate_split
 from farnet.stages.evaluate import run_info
 from farnet.stages.train import fingerprint
 from helpers import write_committed_params

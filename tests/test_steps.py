@@ -1,15 +1,15 @@
-"""The step paths (farnet.steps): the deferred path trains exactly as the eager one, reading its losses later."""
+"""The step paths (farnet.training.steps): the deferred path trains exactly as the eager one, reading its losses later."""
 
 import math
 
 import pytest
 import torch
 
-from farnet.engine import TrainOptions, train
-from farnet.errors import ConfigError, TrainingDiverged
-from farnet.fastpath import FastPath, device_constant
-from farnet.losses import ExponentialWeightedCenterLoss
-from farnet.steps import STEP_PATHS, Stepper, build_optimizer, default_step_path, optimizer_settings
+from farnet.training.engine import TrainOptions, train
+from farnet.core.errors import ConfigError, TrainingDiverged
+from farnet.core.fastpath import FastPath, device_constant
+from farnet.training.losses import ExponentialWeightedCenterLoss
+from farnet.training.steps import STEP_PATHS, Stepper, build_optimizer, default_step_path, optimizer_settings
 from helpers import RandomLandmarks, TinyNet
 
 FP32 = FastPath("fp32", False)

@@ -1,4 +1,4 @@
-"""The prepare stage's cache: every image decoded once and stored at the network input size (DESIGN §2.2).
+"""The prepare stage's cache: every image decoded once and stored at the network input size (docs/design.md §2.2).
 
 A cache folder holds ``images.npy`` (N, H, W) uint8, memory-mappable so training reads only the images it
 needs; ``landmarks.npy`` (N, K, 2) float32 in input pixels; and ``meta.json`` with ids, sizes, spacing, the
@@ -25,9 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from farnet.data.imageio import read_grayscale, resize_grayscale
-from farnet.coords import rescale_points
+from farnet.core.coords import rescale_points
 from farnet.data.sample import Sample
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 __all__ = ["Cache", "build_cache", "load_cache", "cache_from_arrays", "input_to_original_scale", "replace_folder",
            "staged_folder"]

@@ -1,8 +1,9 @@
-"""A carry: a prepared dataset packed into one file small enough to travel with the code to a machine that has no
-data mirror (a GPU lent for one command, ``farnet replicate``: at most 64 MiB travel with the working tree, so
-the carry gets at most 50 MiB of it by default).
+"""A carry: a prepared dataset packed into one file, to copy with the code to a machine that has no data mirror
+(a GPU node or cloud box running ``farnet replicate``, or node-local disk). By default a carry is kept under
+50 MiB, so that it travels as easily as the code.
 
-A carry is a zip file. Its images are compressed already and are stored as they are; the rest is deflated:
+The format: this module packs and reads a carry; ``farnet carry build`` (:mod:`farnet.commands.carry`) fetches
+and prepares a dataset and packs it. A carry is a zip file. Its images are compressed already and are stored as they are; the rest is deflated:
 
 - ``carry.json``: what the carry holds and how it was made (:func:`pack_carry`): its form (``lossless`` or
   ``lossy``), codec and quality, the measured mean and largest absolute grey-level difference of the decoded
@@ -14,7 +15,6 @@ A carry is a zip file. Its images are compressed already and are stored as they 
 - ``dataset.json``: the prepared dataset's splits and landmark names (:mod:`farnet.data.views`);
 - ``images/NNNN.<ext>``: each cached image, in cache order, in the carry's codec.
 
-:func:`build_carry` runs the fetch and prepare stages' own functions into a temporary folder and packs the result;
 :func:`load_carry` decodes a carry into the :class:`~farnet.data.cache.Cache` that :func:`load_cache` returns, and
 :func:`unpack_carry` writes it back as a prepared folder (with the carry's description in ``dataset.json``, for
 the provenance), so training and evaluation read it with their usual code.
@@ -22,14 +22,12 @@ the provenance), so training and evaluation read it with their usual code.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
-import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,12 +36,11 @@ from PIL import Image, UnidentifiedImageError, features
 from tqdm import tqdm
 
 from farnet.data.cache import Cache, cache_from_arrays, load_cache, staged_folder
-from farnet.data.manifest import MANIFEST_DIR, sha256_file
 from farnet.data.views import DATASET_INFO, read_dataset_info
-from farnet.errors import ConfigError, DataError
-from farnet.fileio import atomic_write
+from farnet.core.errors import ConfigError, DataError
+from farnet.core.fileio import atomic_write
 
-__all__ = ["CODECS", "CARRY_LIMIT_BYTES", "pack_carry", "build_carry", "read_carry_info", "load_carry",
+__all__ = ["CODECS", "CARRY_LIMIT_BYTES", "pack_carry", "read_carry_info", "load_carry",
            "unpack_carry"]
 
 FORMAT = "farnet-carry"
@@ -235,40 +232,6 @@ def _zip_bytes(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def build_carry(out: str | Path, *, dataset: str = "isbi2015", input_hw: tuple[int, int] = (800, 640),
-                params_path: str | Path = "params.yaml", codec: str = "auto", quality: int | None = None,
-                max_bytes: int = CARRY_LIMIT_BYTES, progress: bool = True) -> dict:
-    """Fetch ``dataset`` (from ``FARNET_DATA_MIRROR``, else its official source), prepare it at ``input_hw`` with
-    the pipeline's own stage functions in a temporary folder, and pack it into ``out`` (:func:`pack_carry`).
-
-    Raises:
-        ConfigError: ``input_hw`` is not two positive multiples of 32, or ``dataset`` is not configured.
-    """
-    from farnet.config import load_params
-    from farnet.stages.fetch import fetch
-    from farnet.stages.prepare import prepare
-
-    params = load_params(params_path)
-    if dataset not in params.datasets:
-        raise ConfigError(f"{params_path}: no datasets.{dataset} (have: {', '.join(sorted(params.datasets))})")
-    if len(input_hw) != 2 or not all(v > 0 and v % 32 == 0 for v in input_hw):
-        raise ConfigError(f"--input-hw: {list(input_hw)} must be two positive multiples of 32")
-    params = replace(params, datasets={**params.datasets,
-                                       dataset: replace(params.datasets[dataset], input_hw=tuple(input_hw))})
-    with tempfile.TemporaryDirectory(prefix="farnet-carry-") as tmp:
-        fetch(params, dataset, Path(tmp) / "raw")
-        info = prepare(params, dataset, Path(tmp) / "raw", Path(tmp) / "prepared")
-        manifest = MANIFEST_DIR / f"{dataset}.sha256"
-        fetched = {k: v for k, v in info["fetched"].items() if k != "sha256"}  # every file's hash: digested below
-        hashes = json.loads((Path(tmp) / "raw" / dataset / "FETCHED.json").read_text()).get("sha256", {})
-        source = {"fetched": fetched, "annotator": params.datasets[dataset].annotator,
-                  "fetched_files_sha256": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest(),
-                  "manifest": f"farnet/data/manifests/{manifest.name}",
-                  "manifest_sha256": sha256_file(manifest) if manifest.is_file() else None}
-        return pack_carry(Path(tmp) / "prepared" / dataset, out, codec=codec, quality=quality, max_bytes=max_bytes,
-                          source=source, progress=progress)
-
-
 # ---- reading --------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -388,37 +351,3 @@ def _decoded(zf: zipfile.ZipFile, name: str, path: Path, input_hw: Sequence[int]
         raise DataError(path, f"member {name} decodes to {image.shape[0]}x{image.shape[1]}, not the carry's "
                               f"{input_hw[0]}x{input_hw[1]} (H x W)")
     return image
-
-
-# ---- the command ----------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    build = sub.add_parser("build", help="fetch and prepare a dataset, and pack it into a carry file")
-    build.add_argument("--out", type=Path, required=True, help="the carry file to write, e.g. data/carry/isbi.zip")
-    build.add_argument("--input-hw", type=int, nargs=2, metavar=("H", "W"), default=(800, 640),
-                       help="the size the images are prepared at (default 800 640, the ISBI protocol)")
-    build.add_argument("--dataset", default="isbi2015", help="an entry of `datasets` in the params file")
-    build.add_argument("--params", default="params.yaml", help="params file for the preparation (annotator)")
-    build.add_argument("--codec", default="auto", choices=("auto", *CODECS),
-                       help="auto (default): lossless PNG or WebP if it fits, else JPEG at the best quality that does")
-    build.add_argument("--quality", type=int, default=None, help="JPEG quality 1..100 (auto: tried alone)")
-    build.add_argument("--max-mib", type=float, default=CARRY_LIMIT_BYTES / 2**20,
-                       help=f"largest carry allowed in MiB (default {CARRY_LIMIT_BYTES / 2**20:g})")
-    info = sub.add_parser("info", help="print a carry's description (carry.json)")
-    info.add_argument("carry", type=Path)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.action == "info":
-        print(json.dumps(read_carry_info(args.carry), indent=2))
-        return 0
-    if args.quality is not None and not 1 <= args.quality <= 100:
-        raise ConfigError(f"--quality: {args.quality} is not in 1..100")
-    made = build_carry(args.out, dataset=args.dataset, input_hw=tuple(args.input_hw), params_path=args.params,
-                       codec=args.codec, quality=args.quality, max_bytes=int(args.max_mib * 2**20))
-    quality = f" q{made['quality']}" if made["quality"] is not None else ""
-    print(f"wrote {args.out}: {made['bytes']} bytes ({made['bytes'] / 2**20:.2f} MiB), {made['n_images']} images at "
-          f"{made['input_hw'][0]}x{made['input_hw'][1]}, {made['codec']}{quality} ({made['form']}), mean |grey "
-          f"difference| {made['mean_abs_diff']:.4f}, largest {made['max_abs_diff']}")
-    return 0

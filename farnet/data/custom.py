@@ -17,7 +17,7 @@ The CSV (UTF-8, comma-separated, header row first) has one row per image::
 
 No other columns are allowed, and every problem (a wrong field count, a non-numeric, NaN or infinite value, a
 point outside its image, a missing or unreadable image, a duplicate image) raises
-:class:`~farnet.errors.DataError` naming the CSV and the line.
+:class:`~farnet.core.errors.DataError` naming the CSV and the line.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from farnet.fileio import write_json
+from farnet.core.fileio import write_json
 from farnet.data.imageio import read_image_size
 from farnet.data.sample import Sample
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 __all__ = ["read_custom", "assign_splits", "fetch_custom", "SPLITS", "SPLIT_FRACTIONS"]
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from farnet.data.fetch import MIRROR_ENV, copy_verified
+from farnet.data.download import MIRROR_ENV, copy_verified
 from farnet.data.manifest import Manifest
 from farnet.data.sample import Sample
 from farnet.data.imageio import read_image_size
-from farnet.errors import DataError
-from farnet.fileio import write_json
+from farnet.core.errors import DataError
+from farnet.core.fileio import write_json
 
 __all__ = [
     "NUM_LANDMARKS",
@@ -318,7 +318,7 @@ def _mirror_files(mirror: Path, manifest: Manifest) -> tuple[list[str], list[str
 
 def fetch_hand(dest: str | Path, mirror: str | Path | None, *, progress: bool = True,
                manifest: str | Path | None = None) -> dict:
-    """Copy the hand dataset from its mirror into dest, verifying every file the project knows (DESIGN §2.1).
+    """Copy the hand dataset from its mirror into dest, verifying every file the project knows (docs/design.md §2.1).
 
     Every file is checked against the committed manifest (``farnet/data/manifests/hand_dha.sha256``):
     Payer et al.'s ``setup/all.csv`` and fold files, which must be present, and the project mirror's own
@@ -361,7 +361,7 @@ def fetch_hand(dest: str | Path, mirror: str | Path | None, *, progress: bool = 
         stale.unlink()
     hashes = copy_verified(mirror, dest, expected.entries(listed), progress=progress, desc="hand_dha")
     if unverified:
-        # deviation: DESIGN §2.1 verifies every file; the Digital Hand Atlas publishes no checksums, so the
+        # deviation: docs/design.md §2.1 verifies every file; the Digital Hand Atlas publishes no checksums, so the
         # images of a full copy are recorded, not verified.
         log.warning("hand_dha: %d images are not in %s; copied and hashed but not verified", len(unverified),
                     expected.path)

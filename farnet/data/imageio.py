@@ -3,7 +3,7 @@
 Every dataset in the project is read through :func:`read_grayscale` (or :func:`read_image_with_spacing`, which
 also returns the pixel spacing a DICOM header gives). It decodes BMP, PNG, JPEG, TIFF (8 or 16 bit; anything
 Pillow opens) and DICOM (through pydicom) into a ``uint8`` array of shape (H, W), and turns every unreadable
-file into a :class:`~farnet.errors.DataError` naming it. Truncated files are never padded: Pillow's
+file into a :class:`~farnet.core.errors.DataError` naming it. Truncated files are never padded: Pillow's
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left False, so a half-written JPEG is an error, not a grey image.
 
 Conversion to 8 bits:
@@ -27,7 +27,7 @@ Conversion to 8 bits:
 
 Floating-point images, multi-frame files and images over twice Pillow's ``MAX_IMAGE_PIXELS`` (a decompression
 bomb guard that also bounds DICOM headers) are refused. Coordinates are (x, y), 0-based, with pixel centres at
-integers (DESIGN §2.2). Resizing an image of width W to width W' maps x' = (x + 0.5)·W'/W − 0.5, which is also
+integers (docs/design.md §2.2). Resizing an image of width W to width W' maps x' = (x + 0.5)·W'/W − 0.5, which is also
 how Pillow places its output pixel centres, so :func:`resize_grayscale` and :func:`map_points` agree.
 """
 
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from farnet.coords import rescale_points
-from farnet.errors import DataError
+from farnet.core.coords import rescale_points
+from farnet.core.errors import DataError
 
 __all__ = ["read_grayscale", "read_image_with_spacing", "read_image_size", "resize_grayscale", "map_points",
            "data_bits", "DICOM_SUFFIXES", "DETECTOR_BITS"]

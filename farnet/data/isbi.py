@@ -27,7 +27,7 @@ import numpy as np
 
 from farnet.data.sample import Sample
 from farnet.data.imageio import read_image_size
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 __all__ = [
     "NUM_LANDMARKS",

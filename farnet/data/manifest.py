@@ -1,4 +1,4 @@
-"""The expected sha256 of every file of a dataset, committed with the package (DESIGN §2.1).
+"""The expected sha256 of every file of a dataset, committed with the package (docs/design.md §2.1).
 
 A mirror must never vouch for itself: a corrupted file next to a manifest it was hashed into passes any
 check. So the project ships ``farnet/data/manifests/<dataset>.sha256``, one line per file of the dataset's
@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
-from farnet.errors import DataError
-from farnet.fileio import write_text
+from farnet.core.errors import DataError
+from farnet.core.fileio import write_text
 
 __all__ = ["MANIFEST_DIR", "sha256_file", "hash_folder", "write_manifest", "Manifest"]
 
@@ -84,7 +84,7 @@ def write_manifest(path: str | Path, hashes: Mapping[str, str]) -> Path:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The expected sha256 of every file of a dataset (DESIGN §2.1), read from a ``sha256sum``-format file.
+    """The expected sha256 of every file of a dataset (docs/design.md §2.1), read from a ``sha256sum``-format file.
 
     Each line is ``<64 hex digits><space><space or *><relative path>``; paths use '/', have no empty, '.' or
     '..' components and appear once. The project ships one per dataset (:meth:`committed`), so a mirror
@@ -135,7 +135,7 @@ class Manifest:
         return cls.read(MANIFEST_DIR / f"{dataset}.sha256")
 
     def entries(self, rels: Iterable[str] | None = None) -> list[tuple[str, str]]:
-        """(relative path, expected sha256) of rels (all when None), for :func:`farnet.data.fetch.copy_verified`.
+        """(relative path, expected sha256) of rels (all when None), for :func:`farnet.data.download.copy_verified`.
 
         Raises:
             DataError: a path the manifest does not list.

@@ -16,13 +16,15 @@ run trains on ``train_split(fold)`` and is evaluated on ``eval_splits(fold)``:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
-from farnet.config import DatasetParams
 from farnet.data.sample import Sample
-from farnet.errors import ConfigError
+from farnet.core.errors import ConfigError
 
+# ``params`` below is the dataset's ``DatasetParams`` section (farnet.config, which validates against this table)
+DatasetParams = Any
 Reader = Callable[[Path, DatasetParams], tuple[list[Sample], dict[str, list[str]], tuple[str, ...]]]
 
 
@@ -67,7 +69,7 @@ class DatasetSpec:
 # --- ISBI 2015 ------------------------------------------------------------------------------------------------
 
 def _fetch_isbi(dest: Path, mirror: Path | None, params: DatasetParams) -> dict:
-    from farnet.data.fetch import fetch_isbi2015
+    from farnet.data.download import fetch_isbi2015
 
     return fetch_isbi2015(dest, mirror)
 

@@ -5,7 +5,7 @@ further images of the AASCE 2019 challenge (``data/test``, split "aasce_test" he
 ``labels/<split_dir>/`` holds ``<image file name>.mat`` (variable ``p2``: (68, 2) uint16 (x, y) pixels),
 ``filenames.csv`` (image names, which contain spaces), ``landmarks.csv`` (per row the 68 x then the 68 y as
 fractions of width/height, in filenames.csv order; it agrees with ``p2`` to 0.04 px) and ``angles.csv``
-(three Cobb angles per image, see :func:`farnet.spine_metrics.cobb_angles`).
+(three Cobb angles per image, see :func:`farnet.evaluation.spine_metrics.cobb_angles`).
 
 Landmark order: 17 vertebrae (T1-T12, L1-L5) from the top, 4 corners each in the order top-left, top-right,
 bottom-left, bottom-right (as seen on the image: left = smaller x). The labels are not always that clean: in 18 of
@@ -14,9 +14,9 @@ file's vertebra order is rotated by one), 24 (4) have some vertebra out of top-t
 vertebra with top and bottom corners swapped and 2 (0) one with left and right swapped. They are kept as
 published: they are the ground truth every method is scored against.
 
-Protocol (paper §4.1.3, DESIGN §2.2): the 481 are split at random with a fixed seed into 431 train/val and
+Protocol (paper §4.1.3, docs/design.md §2.2): the 481 are split at random with a fixed seed into 431 train/val and
 50 test images, with 5-fold cross-validation on the 431 (:func:`spine_splits`). There is no physical unit:
-errors are fractions of the image (:mod:`farnet.spine_metrics`), so ``spacing_mm`` is None. Image ids are the
+errors are fractions of the image (:mod:`farnet.evaluation.spine_metrics`), so ``spacing_mm`` is None. Image ids are the
 file names without ``.jpg``.
 """
 
@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from farnet.data.fetch import MIRROR_ENV, copy_verified
+from farnet.data.download import MIRROR_ENV, copy_verified
 from farnet.data.manifest import Manifest
 from farnet.data.sample import Sample
 from farnet.data.imageio import read_image_size
-from farnet.errors import DataError
-from farnet.fileio import write_json
+from farnet.core.errors import DataError
+from farnet.core.fileio import write_json
 
 __all__ = [
     "NUM_LANDMARKS",
@@ -187,7 +187,7 @@ def read_angles(root: str | Path, split_dir: str) -> dict[str, np.ndarray]:
     """``labels/<split_dir>/angles.csv``: id -> (3,) Cobb angles in degrees.
 
     The columns are in the order of the AASCE reference code's output (see
-    :func:`farnet.spine_metrics.cobb_angles`): the largest angle, then the curve above it and the one below.
+    :func:`farnet.evaluation.spine_metrics.cobb_angles`): the largest angle, then the curve above it and the one below.
     """
     names = read_spine_filenames(root, split_dir)
     return _read_rows(Path(root) / "labels" / split_dir / "angles.csv", names, 3, "angle table")
@@ -263,7 +263,7 @@ def spine_splits(ids: Iterable[str], seed: int, n_test: int = 50, n_folds: int =
 
 def fetch_spine(dest: str | Path, mirror: str | Path | None, *, progress: bool = True,
                 manifest: str | Path | None = None) -> dict:
-    """Copy the spine dataset from its mirror into dest, verifying every file (DESIGN §2.1).
+    """Copy the spine dataset from its mirror into dest, verifying every file (docs/design.md §2.1).
 
     The mirror must hold exactly the files of the committed manifest (``farnet/data/manifests/
     spine_boostnet.sha256``): every image, its .mat, the three tables per split folder and README.txt. Each

@@ -1,7 +1,7 @@
 """Torch view of a prepared cache: uint8 images and landmarks at the network's input size.
 
-Images stay uint8 until they reach the device, where :func:`farnet.inference.normalize` scales them to [0, 1], replicates the
-grey channel to 3 and applies the ImageNet mean/std (DESIGN §2.2). Keeping the cache memory-mapped means a
+Images stay uint8 until they reach the device, where :func:`farnet.models.interface.normalize` scales them to [0, 1], replicates the
+grey channel to 3 and applies the ImageNet mean/std (docs/design.md §2.2). Keeping the cache memory-mapped means a
 training run never decodes a full-size file.
 """
 
@@ -23,7 +23,7 @@ class LandmarkDataset(Dataset):
     Args:
         images: (N, H, W) uint8 array, typically memory-mapped.
         landmarks: (N, K, 2) float32 input-pixel coordinates.
-        augment: "none", or the name of a landmark-preserving augmentation (:mod:`farnet.augment`).
+        augment: "none", or the name of a landmark-preserving augmentation (:mod:`farnet.data.augment`).
         seed: the run's seed.
     """
 
@@ -39,7 +39,7 @@ class LandmarkDataset(Dataset):
         self.epoch = 0
         self.augment = None
         if augment != "none":
-            from farnet.augment import build_augmentation
+            from farnet.data.augment import build_augmentation
 
             self.augment = build_augmentation(augment)
 
@@ -55,7 +55,7 @@ class LandmarkDataset(Dataset):
         image = torch.from_numpy(np.array(self.images[index], copy=True)).unsqueeze(0)
         points = torch.from_numpy(np.asarray(self.landmarks[index], dtype=np.float32).copy())
         if self.augment is not None:
-            from farnet.augment import augmentation_generator
+            from farnet.data.augment import augmentation_generator
 
             image, points = self.augment(image, points, augmentation_generator(self.seed, self.epoch, index))
         return image, points, index

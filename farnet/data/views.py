@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from farnet.coords import rescale_points
+from farnet.core.coords import rescale_points
 from farnet.data.cache import load_cache
 from farnet.data.imageio import resize_grayscale
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 DATASET_INFO = "dataset.json"
 

@@ -3,7 +3,7 @@
 Each ``plot_*`` function draws one figure from plain inputs (arrays, DataFrames, a dvclive folder), writes one
 PNG atomically, closes the figure and returns the path; :func:`make_plots` draws them all from ``results/``,
 for the runs the tables show (:mod:`farnet.report.tables`). Every figure built from a run carries that run's
-label in its title (:func:`farnet.report.provenance.run_label`, e.g. "quick profile — not a replication"); a
+label in its title (:func:`farnet.core.provenance.run_label`, e.g. "quick profile — not a replication"); a
 caller that passes no label gets a title that claims nothing. Matplotlib runs headless (Agg), so stages work on
 servers.
 """
@@ -17,11 +17,11 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from farnet.coords import rescale_points
+from farnet.core.coords import rescale_points
 from farnet.data.views import load_split
-from farnet.errors import DataError
-from farnet.fileio import atomic_write
-from farnet.report.provenance import run_label
+from farnet.core.errors import DataError
+from farnet.core.fileio import atomic_write
+from farnet.core.provenance import run_label
 from farnet.report.results import Results
 from farnet.report.tables import (
     fold_runs, load_paper_tables, methods_table, table1_runs, table2_runs, table3, table3_runs,
@@ -41,7 +41,7 @@ def _title(fig: plt.Figure, title: str, label: str | None) -> None:
 
 
 def _save(fig: plt.Figure, out: str | Path) -> Path:
-    """Write ``fig`` as PNG atomically (:func:`farnet.fileio.atomic_write`) and close the figure."""
+    """Write ``fig`` as PNG atomically (:func:`farnet.core.fileio.atomic_write`) and close the figure."""
     try:
         return atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
     finally:
@@ -106,7 +106,7 @@ def plot_per_landmark_mre(df_per_landmark: pd.DataFrame, out: str | Path, *, lab
 
     Args:
         df_per_landmark: columns ``split, landmark, name, mre_mm, sd_mm`` (see
-            :func:`farnet.metrics.per_landmark`).
+            :func:`farnet.evaluation.metrics.per_landmark`).
         out: PNG path.
         label: run label for the title.
 

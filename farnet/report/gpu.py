@@ -1,6 +1,7 @@
-"""A GPU run brought home: ``farnet replicate-import`` and the one validating reader of ``results/gpu/``.
+"""A GPU run brought home: the one validating reader of ``results/gpu/`` (written by ``farnet replicate-import``,
+:mod:`farnet.commands.replicate_import`).
 
-``farnet replicate`` (:mod:`farnet.replicate`) runs the paper's protocol on a lent GPU and writes one folder, which
+``farnet replicate`` (:mod:`farnet.commands.replicate`) runs the paper's protocol on a lent GPU and writes one folder, which
 comes back read-only. ``farnet replicate-import <folder>`` checks it and copies its files into
 ``results/gpu/`` (the run's record, train info, metrics, per-landmark errors, predictions, benchmark, progress
 and log; a file an earlier import left there and this folder lacks is removed, so the folder is one run), and
@@ -13,20 +14,16 @@ on a dependency that does not exist. The run counts as present when ``metrics.js
 
 from __future__ import annotations
 
-import argparse
-import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farnet.errors import DataError
-from farnet.fileio import read_json_object, write_json
-from farnet.report.provenance import UNKNOWN, commit_of_digest
+from farnet.core.errors import DataError
+from farnet.core.fileio import read_json_object
 from farnet.report.results import RUN_INFO_KEYS
 
-__all__ = ["GpuRun", "add_arguments", "device_slug", "import_gpu_run", "read_gpu_run", "find_gpu_run", "run"]
+__all__ = ["GpuRun", "benchmark_record", "find_gpu_run", "method_label", "read_gpu_run"]
 
 GPU_FOLDER = "gpu"
 #: the files ``farnet replicate`` writes that a run cannot be shown without
@@ -107,48 +104,6 @@ def find_gpu_run(results: str | Path) -> GpuRun | None:
     return read_gpu_run(folder)
 
 
-def import_gpu_run(source: str | Path, results: str | Path) -> list[Path]:
-    """Check ``source`` (:func:`read_gpu_run`), copy its files into ``results/gpu/`` and write its benchmark to
-    ``results/benchmarks/cuda-<device>.json``.
-
-    Returns:
-        The paths written: the copies, then the benchmark (when the run has one).
-
-    Raises:
-        DataError: as :func:`read_gpu_run` and :func:`~farnet.report.tables.check_gpu_run` (a run that is not
-            Table 3's), or naming ``source`` when it is not a folder or is ``results/gpu``.
-    """
-    source, results = Path(source), Path(results)
-    target = results / GPU_FOLDER
-    if not source.is_dir():
-        raise DataError(source, "not a folder (the --out folder of `farnet replicate`)")
-    if target.exists() and source.resolve() == target.resolve():
-        raise DataError(source, "is the folder it would be imported into")
-    from farnet.report.tables import check_gpu_run, load_paper_tables  # here: the tables import this module
-
-    gpu = read_gpu_run(source)  # nothing is copied from a folder that cannot be shown
-    check_gpu_run(gpu, load_paper_tables()["table3"])
-    target.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in (*REQUIRED, *OPTIONAL):
-        if name == "run.json" and gpu.run.get("git_commit") == UNKNOWN and gpu.run.get("code_digest"):
-            # made without git: named by the commit here whose code it ran, when there is one
-            commit = commit_of_digest(gpu.run["code_digest"], Path(__file__).resolve().parents[2])
-            gpu.run.update(git_commit=commit or UNKNOWN, git_commit_source=(
-                "code digest of the run matched this commit at import" if commit else
-                "unknown: the run's code digest matched no clean checkout at import"))
-            written.append(write_json(target / name, gpu.run))
-        elif (source / name).is_file():
-            shutil.copyfile(source / name, target / name)
-            written.append(target / name)
-        else:  # left by an earlier import: it belongs to another run
-            (target / name).unlink(missing_ok=True)
-    if gpu.benchmark is not None:
-        name = f"cuda-{device_slug(gpu.device_name)}.json"
-        written.append(write_json(results / "benchmarks" / name, benchmark_record(gpu)))
-    return written
-
-
 def benchmark_record(gpu: GpuRun) -> dict[str, Any]:
     """The run's ``benchmark.json`` as ``results/benchmarks/`` keeps it: unchanged, with where it came from."""
     run = gpu.run
@@ -156,16 +111,6 @@ def benchmark_record(gpu: GpuRun) -> dict[str, Any]:
               "run": run["run"], "git_commit": run["git_commit"], "hardware": run["hardware"],
               "date": run.get("date"), "protocol": run["protocol"]}
     return {**gpu.benchmark, "origin": origin}
-
-
-def device_slug(name: str) -> str:
-    """A device name as a file name, by the rule of ``farnet bench`` (:func:`farnet.bench.report.device_slug`):
-    ``"NVIDIA H200"`` → ``"nvidia-h200"``.
-
-    The rule is repeated, not imported: the tables stage reaches this module, and importing ``farnet.bench``
-    would make every benchmark change re-run it (tests/test_gpu_import.py checks that the two agree).
-    """
-    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)", "", name.lower())).strip("-")
 
 
 def method_label(gpu: GpuRun) -> str:
@@ -178,24 +123,3 @@ def _require(path: Path, data: Mapping[str, Any], keys: tuple[str, ...]) -> None
     missing = [key for key in dict.fromkeys(keys) if key not in data]
     if missing:
         raise DataError(path, f"missing keys {missing}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, help="the folder `farnet replicate --out` wrote, as it came back")
-    parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="the results folder to import into (default: results)")
-
-
-def run(args: argparse.Namespace) -> int:
-    written = import_gpu_run(args.folder, args.results)
-    for path in written:
-        print(f"wrote {path}")
-    left = sorted(p.name for p in args.folder.iterdir() if p.name not in (*REQUIRED, *OPTIONAL))
-    if left:
-        print(f"not imported (not a file `farnet replicate` writes): {', '.join(left)}")
-    print("Table 3 shows the run after `dvc repro tables` (or `python pipelines/tables.py`)")
-    return 0

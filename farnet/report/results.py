@@ -3,7 +3,7 @@
 The evaluate stage writes four files per run ``<run>``: ``metrics/<run>.json`` (split → summary),
 ``runs/<run>.json`` (how the run was made: dataset, fold, model, loss, seed, profile, …),
 ``predictions/<run>.csv`` (one row per image and landmark) and ``per_landmark/<run>.csv``. A run exists when
-both JSON files do. Every read raises :class:`~farnet.errors.DataError` naming the file when it is missing or
+both JSON files do. Every read raises :class:`~farnet.core.errors.DataError` naming the file when it is missing or
 malformed, so no table is built from a half-written result. Tables find their runs by what the run info says
 they are (:meth:`Results.select`), never by their names.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from farnet.fileio import read_json_object
-from farnet.errors import DataError
+from farnet.core.fileio import read_json_object
+from farnet.core.errors import DataError
 
 #: what a table selects its runs by
 RUN_KEYS = ("dataset", "fold", "architecture", "backbone", "fusion", "refinement", "loss", "seed")

@@ -1,7 +1,7 @@
 """The paper's Tables 1–5 and the extra tables beyond it, rebuilt from ``results/`` beside the paper's numbers.
 
 The paper's numbers live in ``reference/paper_tables.yaml`` exactly as printed and sit only in rows marked
-``paper``; each of our numbers is followed by its difference to the paper's (ours − paper, DESIGN.md §5).
+``paper``; each of our numbers is followed by its difference to the paper's (ours − paper, docs/design.md §5).
 A table finds its runs by what their run info says they are, never by their names: Table 1 takes one FARNet run
 per backbone, Table 2 one run per ablation, Tables 4 and 5 one FARNet run per fold (:func:`table1_runs` …),
 all with seed 0. A row of the paper that has no run yet is listed as "not run"; when several runs match one
@@ -27,11 +27,12 @@ import pandas as pd
 import yaml
 
 from farnet.data.registry import get_dataset
-from farnet.errors import DataError
-from farnet.fileio import write_json, write_text
-from farnet.metrics import summarize
-from farnet.report.gpu import GpuRun, device_slug, find_gpu_run, method_label
-from farnet.report.provenance import provenance_header
+from farnet.core.errors import DataError
+from farnet.core.fileio import write_json, write_text
+from farnet.evaluation.metrics import summarize
+from farnet.core.fileio import device_slug
+from farnet.report.gpu import GpuRun, find_gpu_run, method_label
+from farnet.core.provenance import provenance_header
 from farnet.report.results import Results, TableRuns
 
 PAPER_TABLES_RESOURCE = "reference/paper_tables.yaml"
@@ -314,7 +315,7 @@ def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
 
 
 def check_gpu_run(gpu: GpuRun, paper_table: Mapping[str, Any]) -> None:
-    """Raise :class:`~farnet.errors.DataError` naming ``run.json`` unless the GPU run is Table 3's run: the
+    """Raise :class:`~farnet.core.errors.DataError` naming ``run.json`` unless the GPU run is Table 3's run: the
     paper's FARNet on its dataset with seed 0 (what :func:`table3_runs` selects)."""
     expected = {"dataset": paper_table["dataset"], **FARNET, "seed": 0}
     differ = {key: gpu.run.get(key) for key, value in expected.items() if gpu.run.get(key) != value}
@@ -337,7 +338,7 @@ def gpu_header(gpu: GpuRun, cpu_info: Mapping[str, Any]) -> str:
     extra = [
         f"- GPU: {gpu.device_name}; torch {run['torch']}; fast path {run.get('fast_path') or run.get('precision')}"
         + (f" (benchmark: {bench['fast_path']})" if bench is not None and bench["fast_path"] != run.get("fast_path")
-           else "") + f"; step path {run.get('step_path') or 'eager'} (`farnet.steps`)",
+           else "") + f"; step path {run.get('step_path') or 'eager'} (`farnet.training.steps`)",
         f"- Benchmark: {timing}",
         f"- Run: status {run['status']}"
         + (f", {run['wall_s']} s from unpacking the carry to the end" if run.get("wall_s") is not None else ""),

@@ -16,11 +16,11 @@ import torch
 from farnet.config import Params
 from farnet.data.registry import get_dataset
 from farnet.data.views import load_split, read_dataset_info
-from farnet.evaluate import evaluate_split, predict_landmarks
-from farnet.fastpath import default_device, resolve_channels_last, resolve_precision
-from farnet.fileio import write_csv, write_json
-from farnet.report import provenance
-from farnet.trained import TrainedModel, load_trained_model
+from farnet.evaluation.loop import evaluate_split, predict_landmarks
+from farnet.core.fastpath import default_device, resolve_channels_last, resolve_precision
+from farnet.core.fileio import write_csv, write_json
+from farnet.core import provenance
+from farnet.models.trained import TrainedModel, load_trained_model
 
 
 # argmax (the paper), then the decoders beyond it: sub-pixel (DARK) and guided (fine peak near the coarse peak)
@@ -91,7 +91,7 @@ def error_unit(unit: str, view) -> str:
 
 
 def run_info(trained: dict, info: dict, dataset_info: dict) -> dict:
-    """How a result was made (DESIGN §5): profile, data, weights, schedule, hardware, commit.
+    """How a result was made (docs/design.md §5): profile, data, weights, schedule, hardware, commit.
 
     Args:
         trained: the resolved parameters the model was trained with (stored in ``model.pt``).

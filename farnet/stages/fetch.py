@@ -7,7 +7,7 @@ from pathlib import Path
 
 from farnet.config import Params
 from farnet.data.registry import get_dataset
-from farnet.errors import DataError
+from farnet.core.errors import DataError
 
 
 def mirror_root() -> Path | None:

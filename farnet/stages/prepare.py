@@ -9,8 +9,8 @@ from farnet.config import Params
 from farnet.data.cache import build_cache
 from farnet.data.registry import get_dataset
 from farnet.data.views import DATASET_INFO
-from farnet.errors import DataError
-from farnet.fileio import write_json
+from farnet.core.errors import DataError
+from farnet.core.fileio import write_json
 
 
 def prepare(params: Params, dataset: str, raw_root: Path, prepared_root: Path) -> dict:

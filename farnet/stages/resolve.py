@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from farnet.config import Params, _profile_chain, load_params, params_from_dict, read_params_file, stage_params
-from farnet.fileio import write_text
+from farnet.core.fileio import write_text
 
 
 def resolve(params_path: Path, out: Path) -> list[Path]:

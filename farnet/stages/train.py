@@ -14,22 +14,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from farnet import distributed
-from farnet.allocator import malloc_setting
-from farnet.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
+from farnet.training import distributed
+from farnet.core.allocator import malloc_setting
+from farnet.core.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
 from farnet.config import Params, effective_dict
-from farnet.errors import ConfigError, TrainingInterrupted
+from farnet.core.errors import ConfigError, TrainingInterrupted
 from farnet.data.registry import get_dataset
 from farnet.data.torch_dataset import LandmarkDataset
 from farnet.data.views import SplitView, load_split
-from farnet.inference import IMAGENET_MEAN, IMAGENET_STD
-from farnet.engine import TrainBudget, TrainOptions, TrainResult, resumable_point, train
-from farnet.evaluate import evaluate_split, predict_landmarks
-from farnet.fileio import write_json
-from farnet.losses import build_loss
-from farnet.model import build_model
-from farnet.steps import default_step_path
-from farnet.report import provenance
+from farnet.models.interface import IMAGENET_MEAN, IMAGENET_STD
+from farnet.training.engine import TrainBudget, TrainOptions, TrainResult, resumable_point, train
+from farnet.evaluation.loop import evaluate_split, predict_landmarks
+from farnet.core.fileio import write_json
+from farnet.training.losses import build_loss
+from farnet.models.factory import build_model
+from farnet.training.steps import default_step_path
+from farnet.core import provenance
 
 
 def fingerprint(params: Params, view: SplitView, budget: TrainBudget | None = None) -> str:
@@ -52,7 +52,7 @@ def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pat
     """Train one run: ``model_dir/model.pt`` (selected weights + metadata), ``model_dir/train_info.json`` and
     the resumable state in ``model_dir/state/``.
 
-    Under ``torchrun`` every process trains a share of each epoch (DDP, :mod:`farnet.distributed`); rank 0
+    Under ``torchrun`` every process trains a share of each epoch (DDP, :mod:`farnet.training.distributed`); rank 0
     alone writes the log, the checkpoints and the model.
 
     Args:
@@ -60,8 +60,8 @@ def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pat
         budget: limits on the session (one process): a run it shortens or stops still ends here, with its model
             and ``train_info.json`` saying which schedule ran (``schedule``).
         log: called like the engine's ``log`` (global step, {name: value}), besides dvclive.
-        step_path: how each step runs (:data:`farnet.steps.STEP_PATHS`); default: ``FARNET_STEP_PATH``, else
-            eager (:func:`farnet.steps.default_step_path`). Data-parallel runs step eagerly.
+        step_path: how each step runs (:data:`farnet.training.steps.STEP_PATHS`); default: ``FARNET_STEP_PATH``, else
+            eager (:func:`farnet.training.steps.default_step_path`). Data-parallel runs step eagerly.
 
     Raises:
         TrainingInterrupted: after SIGINT/SIGTERM; ``model.pt`` and ``train_info.json`` are written from the
@@ -183,7 +183,7 @@ class _RunEnd:
             "final_loss": result.history[-1]["loss"] if result.history else None,
             "data_ids_sha": hashlib.sha256(json.dumps(self.view.ids).encode()).hexdigest()[:12],
             "fast_path": result.fast_path,  # what "auto" resolved to on this device
-            "step_path": result.step_path,  # eager, deferred, graph or compile (farnet.steps)
+            "step_path": result.step_path,  # eager, deferred, graph or compile (farnet.training.steps)
             "malloc": malloc_setting(),
             "lr_schedule": t.lr_schedule, "warmup_steps": t.warmup_steps,
             "schedule": schedule_info(result, t.lr_milestones),

@@ -1,0 +1,129 @@
+"""Evaluation: run a trained network in eval mode over a prepared split and measure it in mm.
+
+Predictions are decoded at the input resolution (argmax, the paper; and sub-pixel, beyond it), mapped back to
+the original image's pixels through the cache's per-image transform, and compared with the ground truth kept in
+original pixels, so no resizing error enters the metric. The network is put in eval mode (BN running
+statistics): the authors' code evaluates in train mode, a known bug this project does not copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from farnet.evaluation.heatmaps import DECODERS, decode_guided
+from farnet.models.interface import HeatmapNetwork, final_heatmaps
+from farnet.evaluation.metrics import OUTLIER_MM, per_landmark, radial_error_mm, summarize
+
+
+@torch.no_grad()
+def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int = 4, device: str | torch.device = "cpu",
+                      precision: str = "fp32", channels_last: bool = False,
+                      decoders: Sequence[str] = ("argmax", "subpixel"), progress: bool = True,
+                      desc: str = "predict", guided_radius_px: int = 30) -> dict[str, np.ndarray]:
+    """Landmarks of (N, H, W) uint8 images at input resolution, one (N, K, 2) array per decoder.
+
+    Decoders: those of :data:`farnet.evaluation.heatmaps.DECODERS` on the final heatmaps, and "guided" (the fine head's
+    argmax within ``guided_radius_px`` of the coarse head's peak, :func:`farnet.evaluation.heatmaps.decode_guided`; plain
+    argmax for a network with one head).
+    """
+    device = torch.device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format).eval()
+    network = HeatmapNetwork(model, precision, channels_last)
+    out: dict[str, list[np.ndarray]] = {name: [] for name in decoders}
+    n = images.shape[0]
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+        batch = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1)  # copy out of the mmap
+        heads = network.heads(batch.to(device))
+        heatmaps = final_heatmaps(heads, tuple(batch.shape[-2:]))  # (B, K, H, W) fp32
+        for name in decoders:
+            if name == "guided":
+                both = heads.fine is not None and heads.coarse is not None
+                coords = decode_guided(heads.fine, heads.coarse, guided_radius_px) if both else DECODERS["argmax"](heatmaps)
+            else:
+                coords = DECODERS[name](heatmaps)
+            out[name].append(coords.cpu().numpy())
+    return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}
+
+
+def evaluate_split(pred_input: dict[str, np.ndarray], view, radii_mm: Sequence[float], unit: str = "mm",
+                   angles: dict[str, list[float]] | None = None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Metrics of one split from input-pixel predictions.
+
+    Args:
+        pred_input: decoder name -> (N, K, 2) predictions in input pixels.
+        view: the split (:class:`~farnet.data.views.SplitView`): exact ground truth, spacing, map to original.
+        unit: "mm" (radial errors through each image's spacing: MRE ± SD, SDR at ``radii_mm``), "px" (the same
+            in original pixels) or "fraction" (spine: MSE of fractional coordinates and Pearson's ρ, docs/design.md §2.2).
+        angles: image id -> Cobb angles (degrees); with "fraction", adds the SMAPE of the Cobb angles computed
+            from the predicted landmarks (AASCE metric, beyond the paper) when every image has them.
+
+    Returns:
+        ``{decoder: summary}``, the per-landmark table and the predictions table (original pixels).
+    """
+    true = np.asarray(view.landmarks_original, dtype=np.float64)  # (N, K, 2)
+    names = list(view.landmark_names)
+    summaries, per_lm, rows = {}, [], []
+    for decoder, pred in pred_input.items():
+        pred_orig = view.to_original(pred)  # (N, K, 2)
+        errors_px = radial_error_mm(pred_orig, true, 1.0)  # (N, K) in original pixels
+        if unit == "mm":
+            errors = radial_error_mm(pred_orig, true, view.spacing_mm)
+            summaries[decoder] = summarize(errors, radii_mm, outlier_mm=OUTLIER_MM)
+            table = per_landmark(errors, names, radii_mm)
+        elif unit == "px":
+            summaries[decoder] = _rename(summarize(errors_px, radii_mm), "mm", "px")
+            table = per_landmark(errors_px, names, radii_mm).rename(columns={"mre_mm": "mre_px", "sd_mm": "sd_px"})
+        elif unit == "fraction":
+            summaries[decoder] = _fraction_summary(pred_orig, true, view, angles)
+            table = per_landmark(errors_px, names, []).rename(columns={"mre_mm": "mre_px", "sd_mm": "sd_px"})
+        else:
+            raise ValueError(f"unit {unit!r} is not one of 'mm', 'px', 'fraction'")
+        table.insert(0, "decode", decoder)
+        table.insert(0, "split", view.split)
+        per_lm.append(table)
+        n, k = errors_px.shape
+        error_mm = radial_error_mm(pred_orig, true, view.spacing_mm) if unit == "mm" else np.full((n, k), np.nan)
+        rows.append(pd.DataFrame({
+            "split": view.split, "decode": decoder,
+            "image_id": np.repeat(np.asarray(view.ids), k),
+            "landmark": np.tile(np.arange(k), n), "name": np.tile(np.asarray(names), n),
+            "x_pred": pred_orig[..., 0].ravel(), "y_pred": pred_orig[..., 1].ravel(),
+            "x_true": true[..., 0].ravel(), "y_true": true[..., 1].ravel(),
+            "error_px": errors_px.ravel(), "error_mm": error_mm.ravel(),
+        }))
+    return summaries, pd.concat(per_lm, ignore_index=True), pd.concat(rows, ignore_index=True)
+
+
+def _rename(summary: dict, old: str, new: str) -> dict:
+    return {k.replace(f"_{old}", f"_{new}"): v for k, v in summary.items()} | {"unit": new}
+
+
+def _fraction_summary(pred_orig: np.ndarray, true: np.ndarray, view, angles: dict | None) -> dict:
+    from farnet.evaluation.spine_metrics import cobb_angles, fractional_mse, pearson_rho, smape
+
+    wh = np.asarray(view.original_wh, dtype=np.float64)  # (N, 2)
+    summary = {
+        "n_images": int(true.shape[0]),
+        "mse": float(fractional_mse(pred_orig, true, wh)),
+        "rho": float(pearson_rho(pred_orig, true, wh)),
+        "mre_px": float(np.linalg.norm(pred_orig - true, axis=-1).mean()),
+    }
+    if angles and all(i in angles for i in view.ids):
+        predicted, reference = [], []
+        for points, height, image_id in zip(pred_orig, wh[:, 1], view.ids):
+            try:  # predicted corners may coincide (an untrained model): the angle is then undefined
+                predicted.append(cobb_angles(points, height))
+            except ValueError:
+                continue
+            reference.append(angles[image_id])
+        summary["cobb_undefined"] = len(view.ids) - len(predicted)
+        if predicted:
+            summary["cobb_smape"] = float(smape(np.stack(predicted), np.asarray(reference, dtype=np.float64)))
+    return summary
