@@ -18,10 +18,15 @@ Conversion to 8 bits:
   bits that holds the image's maximum, the depths detectors have; so 8-, 12- and 16-bit exports of the same
   picture give the same 8-bit image. (A 16-bit image using less than a quarter of its range is thus brightened;
   its relative intensities are kept.)
+- 16-bit colour PNGs (RGB, grey + alpha, RGBA), which Pillow reads as 8 bits keeping each sample's high byte,
+  are read at full depth (pypng): alpha dropped, colour to grey by the same luma, then as 16-bit grey.
+  A 16-bit TIFF saying PhotometricInterpretation WhiteIsZero is inverted, as Pillow does for 8-bit ones.
 - DICOM: the modality LUT (Rescale Slope/Intercept) is applied, then the first VOI window of the header
   (Window Center/Width with its VOI LUT Function: LINEAR, LINEAR_EXACT or SIGMOID, DICOM PS3.3 C.11.2.1.2)
-  maps the values to 0..255; without a window the image's own min..max is stretched to 0..255. MONOCHROME1
-  images (white = low values) are inverted afterwards, so bone is bright in every image. Spacing comes from
+  maps the values to 0..255; without a window, the first item of a VOI LUT Sequence does (its output range to
+  0..255); without either, the image's own min..max is stretched to 0..255, leaving out Pixel Padding Value
+  pixels, which come out black. MONOCHROME1 images (white = low values) are inverted afterwards, so bone is
+  bright in every image. Spacing comes from
   Pixel Spacing, else Imager Pixel Spacing. Multi-frame and palette-colour DICOM files are refused;
   compressed transfer syntaxes need a pydicom pixel-data plugin (pylibjpeg, gdcm).
 
@@ -136,6 +141,9 @@ def _read_pillow(path: Path) -> np.ndarray:
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone else flipped Pillow's global switch
         raise DataError(path, "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; refusing to decode images "
                               "that may be silently padded")
+    sixteen_bit_colour = _png_sixteen_bit_colour(path)
+    if sixteen_bit_colour is not None:
+        return _read_png_sixteen_bit_colour(path, sixteen_bit_colour)
     try:
         with Image.open(path) as img:
             frames = getattr(img, "n_frames", 1)
@@ -155,20 +163,65 @@ def _to_uint8(img: Image.Image, path: Path) -> np.ndarray:
     """Convert a decoded Pillow image of any mode to a (H, W) uint8 array."""
     if img.mode == "L":
         return np.array(img, dtype=np.uint8)
-    if img.mode.startswith("I;16"):
-        return _sixteen_bit_to_uint8(np.asarray(img).astype(np.uint16), _png_significant_bits(img, path))
-    if img.mode == "I":  # 32-bit signed container; 16-bit PNG/TIFF data often arrive this way
+    if img.mode.startswith("I;16") or img.mode == "I":  # I: a 32-bit container; 16-bit data often arrive this way
         values = np.asarray(img)
-        if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+        if img.mode == "I" and values.size and (values.min() < 0 or values.max() > 0xFFFF):
             raise DataError(path, f"32-bit integer image with values in [{values.min()}, {values.max()}]: "
                                   "no defined 8-bit scale")
-        return _sixteen_bit_to_uint8(values.astype(np.uint16), _png_significant_bits(img, path))
+        image = _sixteen_bit_to_uint8(values.astype(np.uint16), _png_significant_bits(img, path))
+        # Pillow inverts an 8-bit WhiteIsZero TIFF itself, but not a 16-bit one
+        return 255 - image if _tiff_white_is_zero(img) else image
     if img.mode == "F":
         raise DataError(path, "floating-point image: no defined 8-bit scale")
     return np.array(img.convert("L"), dtype=np.uint8)
 
 
 DETECTOR_BITS = (8, 10, 12, 14, 16)  # the depths X-ray detectors store, for 16-bit files that do not say
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_PLANES = {2: 3, 4: 2, 6: 4}  # PNG colour types with more than one sample: RGB, grey + alpha, RGBA
+
+
+def _tiff_white_is_zero(img: Image.Image) -> bool:
+    """Whether a TIFF says PhotometricInterpretation WhiteIsZero (tag 262 = 0)."""
+    return img.format == "TIFF" and getattr(img, "tag_v2", {}).get(262) == 0
+
+
+def _png_sixteen_bit_colour(path: Path) -> int | None:
+    """The PNG colour type of a 16-bit PNG with colour or alpha samples (which Pillow reads as 8 bits, keeping
+    each sample's high byte: 12-bit data would come out nearly black), else None."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(26)
+    except OSError as err:
+        raise DataError(path, f"cannot read image file: {err}") from err
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    bit_depth, colour_type = head[24], head[25]
+    return colour_type if bit_depth == 16 and colour_type in _PNG_COLOUR_PLANES else None
+
+
+def _read_png_sixteen_bit_colour(path: Path, colour_type: int) -> np.ndarray:
+    """A 16-bit RGB, grey + alpha or RGBA PNG at its full depth (pypng): alpha dropped, colour to grey by
+    Pillow's ITU-R 601-2 luma, then to 8 bits as every 16-bit image (module text)."""
+    import png  # pypng: only these files need it
+
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).read()
+        if width * height > _max_pixels():
+            raise DataError(path, f"image of {width}x{height} pixels exceeds the size limit ({_max_pixels()} pixels)")
+        planes = _PNG_COLOUR_PLANES[colour_type]
+        values = np.vstack([np.asarray(row, dtype=np.float64) for row in rows]).reshape(height, width, planes)
+    except DataError:
+        raise
+    except Exception as err:  # pypng raises its own FormatError and others on corrupt files
+        raise DataError(path, f"cannot decode 16-bit PNG ({type(err).__name__}: {err})") from err
+    if colour_type == 4:  # grey + alpha
+        grey = values[..., 0]
+    else:  # RGB(A): the weights of Pillow's "L" conversion
+        grey = values[..., 0] * 299 / 1000 + values[..., 1] * 587 / 1000 + values[..., 2] * 114 / 1000
+    significant = info.get("significant_bits") if isinstance(info, dict) else None
+    sbit = max(significant) if isinstance(significant, (tuple, list)) and significant else None
+    return _sixteen_bit_to_uint8(np.rint(grey).astype(np.uint16), sbit)
 
 
 def _sixteen_bit_to_uint8(values: np.ndarray, significant_bits: int | None) -> np.ndarray:
@@ -243,10 +296,12 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
         if photometric in ("MONOCHROME1", "MONOCHROME2"):
             if pixels.ndim != 2:
                 raise DataError(path, f"{photometric} pixel array has shape {pixels.shape}, expected (H, W)")
+            padding = _padding_mask(pixels, ds)
             values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-            image = _window_to_uint8(values, ds, path)
+            image = _window_to_uint8(values, ds, path, padding)
             if photometric == "MONOCHROME1":  # low values are white: invert so bone is bright as in MONOCHROME2
                 image = 255 - image
+            image[padding] = 0  # padding is no part of the picture: black, whatever the photometry
         elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT") and pixels.ndim == 3:
             if pixels.dtype != np.uint8 or pixels.shape[-1] != 3:
                 raise DataError(path, f"colour DICOM with {pixels.dtype} samples of shape {pixels.shape}: "
@@ -288,12 +343,41 @@ def _first(value) -> float:
     return float(value)
 
 
-def _window_to_uint8(values: np.ndarray, ds, path: Path) -> np.ndarray:
-    """Map modality values to 0..255 by the header's first VOI window, else by the image's min..max."""
+def _padding_mask(pixels: np.ndarray, ds) -> np.ndarray:
+    """(H, W) True where the stored value is Pixel Padding Value (up to Pixel Padding Range Limit when given):
+    the area outside the exposure, which must not set the grey range of the picture (PS3.3 C.7.5.1.1.2)."""
+    pad = ds.get("PixelPaddingValue")
+    if pad is None or pad == "":
+        return np.zeros(pixels.shape, dtype=bool)
+    limit = ds.get("PixelPaddingRangeLimit")
+    low, high = sorted((int(pad), int(limit))) if limit not in (None, "") else (int(pad), int(pad))
+    return (pixels >= low) & (pixels <= high)
+
+
+def _voi_lut_to_unit(values: np.ndarray, ds, path: Path) -> np.ndarray:
+    """The first item of a VOI LUT Sequence applied to modality values, as 0..1 of its output range."""
+    from pydicom.pixels import apply_voi_lut
+
+    descriptor = ds.VOILUTSequence[0].get("LUTDescriptor")
+    try:
+        bits = int(descriptor[2])
+        out = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0, prefer_lut=True)
+    except (TypeError, IndexError, ValueError, AttributeError) as err:
+        raise DataError(path, f"DICOM VOI LUT Sequence is unusable ({type(err).__name__}: {err})") from err
+    if not 1 <= bits <= 16:
+        raise DataError(path, f"DICOM VOI LUT Descriptor gives {bits} output bits, not 1..16")
+    return np.asarray(out, dtype=np.float64) / (2**bits - 1)
+
+
+def _window_to_uint8(values: np.ndarray, ds, path: Path, padding: np.ndarray | None = None) -> np.ndarray:
+    """Map modality values to 0..255 by the header's first VOI window, else its first VOI LUT, else by the image's
+    min..max (padding pixels left out of it)."""
     if not np.all(np.isfinite(values)):
         raise DataError(path, "DICOM pixel values are not finite after the rescale slope/intercept")
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is not None and width is not None and center != "" and width != "":
+    if (center is None or center == "" or width is None or width == "") and ds.get("VOILUTSequence"):
+        unit = _voi_lut_to_unit(values, ds, path)
+    elif center is not None and width is not None and center != "" and width != "":
         c, w = _first(center), _first(width)
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
         if not (math.isfinite(c) and math.isfinite(w)):
@@ -313,7 +397,8 @@ def _window_to_uint8(values: np.ndarray, ds, path: Path) -> np.ndarray:
         else:
             raise DataError(path, f"DICOM VOI LUT function {function!r} is not LINEAR, LINEAR_EXACT or SIGMOID")
     else:  # no window: stretch the image's own range
-        low, high = float(values.min()), float(values.max())
+        picture = values[~padding] if padding is not None and not padding.all() else values
+        low, high = float(picture.min()), float(picture.max())
         unit = (values - low) / (high - low) if high > low else np.zeros_like(values)
     return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
 
