@@ -14,9 +14,9 @@ W, H = 40, 30
 
 
 def make_dataset(root, rows, header="image,sella_x,sella_y,nasion_x,nasion_y", images=("a.png", "sub/b.png")):
-    for name in images:
+    for i, name in enumerate(images):  # each image its own grey: two listed images are never one file
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((H, W), 100, np.uint8)).save(root / name)
+        Image.fromarray(np.full((H, W), 100 + i, np.uint8)).save(root / name)
     (root / "landmarks.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     return root
 
@@ -147,23 +147,68 @@ def test_bad_files(tmp_path):
 
 
 def test_fetch_copies_the_listed_files_and_records_their_hashes(tmp_path):
-    source = make_dataset(tmp_path / "mine", ["a.png,1,2,3,4", "sub/b.png,1,2,3,4"], images=("a.png", "sub/b.png",
-                                                                                              "unlisted.png"))
+    source = make_dataset(tmp_path / "mine", ["a.png,1,2,3,4,train", "sub/b.png,1,2,3,4,val", "c.png,1,2,3,4,test"],
+                          header="image,sella_x,sella_y,nasion_x,nasion_y,split",
+                          images=("a.png", "sub/b.png", "c.png", "unlisted.png"))
     dest = tmp_path / "data" / "raw" / "custom"
-    record = fetch_custom(dest, SimpleNamespace(root=str(source), csv="landmarks.csv"))
-    assert record["n_images"] == 2
+    record = fetch_custom(dest, SimpleNamespace(root=str(source), csv="landmarks.csv", split_seed=0))
+    assert record["n_images"] == 3
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
-        "FETCHED.json", "a.png", "landmarks.csv", "sub/b.png"]
-    assert set(json.loads((dest / "FETCHED.json").read_text())["files"]) == {"landmarks.csv", "a.png", "sub/b.png"}
+        "FETCHED.json", "a.png", "c.png", "landmarks.csv", "sub/b.png"]
+    assert set(json.loads((dest / "FETCHED.json").read_text())["files"]) == {"landmarks.csv", "a.png", "sub/b.png",
+                                                                            "c.png"}
     read_custom(dest)
-    fetch_custom(dest, SimpleNamespace(root=str(source), csv="landmarks.csv"))  # again: replaces its own copy
+    fetch_custom(dest, SimpleNamespace(root=str(source), csv="landmarks.csv", split_seed=0))  # again: replaces its own copy
     other = tmp_path / "occupied"
     other.mkdir()
     (other / "keep.txt").write_text("user data")
     with pytest.raises(DataError, match="exists and was not written by fetch"):
-        fetch_custom(other, SimpleNamespace(root=str(source), csv="landmarks.csv"))
+        fetch_custom(other, SimpleNamespace(root=str(source), csv="landmarks.csv", split_seed=0))
     assert (other / "keep.txt").read_text() == "user data"
     make_dataset(source, ["a.png,1,2,3,99"])  # bad data: refused before anything is copied
     with pytest.raises(DataError, match="outside"):
-        fetch_custom(dest, SimpleNamespace(root=str(source), csv="landmarks.csv"))
+        fetch_custom(dest, SimpleNamespace(root=str(source), csv="landmarks.csv", split_seed=0))
     assert (dest / "sub" / "b.png").is_file()
+
+
+@pytest.mark.parametrize("link", ["copy", "symlink"])
+def test_one_image_in_two_splits_is_refused_naming_both_rows(tmp_path, link):
+    """Train/test leakage: the same bytes listed under two names, one in train, one in test."""
+    source = make_dataset(tmp_path / "mine", [], images=("a.png",))
+    Image.fromarray(np.arange(H * W, dtype=np.uint32).reshape(H, W).astype(np.uint8)).save(source / "a.png")
+    Image.fromarray(np.full((H, W), 7, np.uint8)).save(source / "b.png")
+    if link == "copy":
+        (source / "c.png").write_bytes((source / "a.png").read_bytes())
+    else:
+        (source / "c.png").symlink_to(source / "a.png")
+    (source / "landmarks.csv").write_text("image,p_x,p_y,split\na.png,1,2,train\nb.png,1,2,val\nc.png,1,2,test\n")
+    with pytest.raises(DataError, match=r"landmarks\.csv:4: 'c\.png' \(test\) is the same image as 'a\.png' "
+                                        r"\(train, line 2\)"):
+        fetch_custom(tmp_path / "raw", SimpleNamespace(root=str(source), csv="landmarks.csv", split_seed=0))
+    assert not (tmp_path / "raw").exists()  # refused before anything is copied
+    (source / "d.png").write_bytes((source / "b.png").read_bytes())
+    (source / "landmarks.csv").write_text("image,p_x,p_y,split\na.png,1,2,train\nb.png,1,2,val\nc.png,1,2,train\n"
+                                          "d.png,1,2,test\n")
+    with pytest.raises(DataError, match=r"'d\.png' \(test\) is the same image as 'b\.png' \(val, line 3\)"):
+        fetch_custom(tmp_path / "raw", SimpleNamespace(root=str(source), csv="landmarks.csv", split_seed=0))
+    Image.fromarray(np.full((H, W), 9, np.uint8)).save(source / "d.png")
+    assert fetch_custom(tmp_path / "raw", SimpleNamespace(root=str(source), csv="landmarks.csv",
+                                                          split_seed=0))["n_images"] == 4  # within one split: allowed
+
+
+@pytest.mark.parametrize("splits, message", [
+    (["train", "train", "test"], r"split 'val' has no images \(3 rows; train 2, val 0, test 1\)"),
+    (["val", "val", "test"], r"split 'train' has no images"),
+    (None, r"split 'val' and 'test' have no images \(3 rows; train 3, val 0, test 0\)"),  # seeded 80/10/10 of 3
+])
+def test_a_split_a_run_needs_is_refused_when_empty(tmp_path, splits, message):
+    """A run trains on train and is evaluated on val and test: an empty one failed only after the training."""
+    names = ("a.png", "b.png", "c.png")
+    source = make_dataset(tmp_path / "mine", [], images=names)
+    if splits is None:
+        rows = "image,p_x,p_y\n" + "".join(f"{n},1,2\n" for n in names)
+    else:
+        rows = "image,p_x,p_y,split\n" + "".join(f"{n},1,2,{s}\n" for n, s in zip(names, splits))
+    (source / "landmarks.csv").write_text(rows)
+    with pytest.raises(DataError, match=r"landmarks\.csv: " + message):
+        fetch_custom(tmp_path / "raw", SimpleNamespace(root=str(source), csv="landmarks.csv", split_seed=0))

@@ -123,7 +123,9 @@ def fetch_custom(dest: str | Path, params) -> dict:
     """
     dest = Path(dest)
     source = Path(params.root) if params.root else dest
-    samples, _, _ = read_custom(source, params.csv)  # refuse bad data before copying anything
+    samples, splits, _ = read_custom(source, params.csv, split_seed=params.split_seed)  # refuse bad data first
+    _refuse_empty_splits(source / params.csv, splits, len(samples))
+    _refuse_shared_images(source / params.csv, source, splits)
     files = [params.csv] + [s.image_id for s in samples]
     if source.resolve() != dest.resolve():
         _copy_dataset(source, dest, files)
@@ -131,6 +133,35 @@ def fetch_custom(dest: str | Path, params) -> dict:
               "files": {f: _sha256(dest / f) for f in files}}
     write_json(dest / "FETCHED.json", record)
     return record
+
+
+def _refuse_empty_splits(csv_path: Path, splits: dict[str, list[str]], n_rows: int) -> None:
+    """DataError before anything runs when a split a run needs is empty: it trains on ``train`` and is evaluated
+    on ``val`` and ``test`` (farnet.data.registry), which would otherwise fail after the training."""
+    empty = [name for name in SPLITS if not splits[name]]
+    if empty:
+        raise DataError(csv_path, f"split {' and '.join(map(repr, empty))} {'has' if len(empty) == 1 else 'have'} no "
+                                  f"images ({n_rows} rows; {', '.join(f'{k} {len(v)}' for k, v in splits.items())}): a "
+                                  "run trains on train and is evaluated on val and test; give each at least one row "
+                                  "(the split column, or enough rows for the seeded 80/10/10 split)")
+
+
+def _refuse_shared_images(csv_path: Path, root: Path, splits: dict[str, list[str]]) -> None:
+    """DataError naming both rows when one image (the same bytes: a copy, a symlink, a hard link) is listed in
+    two splits, e.g. train and test: a model would be tested on an image it was trained on."""
+    lines = {}
+    for line, row in _read_rows(csv_path)[1:]:
+        if row and row[0].strip():
+            lines[_image_path(csv_path, root, row[0], line)[0]] = line
+    seen: dict[str, tuple[str, str]] = {}  # sha256 -> (image id, split) of its first row
+    for split in SPLITS:
+        for image_id in splits[split]:
+            digest = _sha256(root / image_id)
+            first_id, first_split = seen.setdefault(digest, (image_id, split))
+            if first_split != split:
+                raise DataError(csv_path, f"{image_id!r} ({split}) is the same image as {first_id!r} "
+                                          f"({first_split}, line {lines.get(first_id)}): the {first_split} and "
+                                          f"{split} splits would share it; list each image once", line=lines.get(image_id))
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------
