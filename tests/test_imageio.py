@@ -96,3 +96,19 @@ def test_dicom_padding_is_black_and_out_of_the_grey_range(tmp_path):
     stored = np.array([[4095, 4095, 4095], [100, 200, 300]], dtype=np.uint16)  # top row: padding at 4095
     image = read_grayscale(_dicom(tmp_path, stored, PixelPaddingValue=4095))
     np.testing.assert_array_equal(image, [[0, 0, 0], [0, 128, 255]])  # 100..300 stretched; padding black
+
+
+def test_an_exif_rotated_jpeg_is_read_in_its_stored_frame_and_says_so(tmp_path):
+    from farnet.data.imageio import exif_orientation_note
+
+    stored = np.zeros((20, 40), np.uint8)
+    stored[:, :20] = 200  # bright left half, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a viewer shows it rotated 90° clockwise
+    Image.fromarray(stored).save(tmp_path / "turned.jpg", quality=100, exif=exif)
+    Image.fromarray(stored).save(tmp_path / "plain.jpg", quality=100)
+    image = read_grayscale(tmp_path / "turned.jpg")
+    assert image.shape == (20, 40) and image[:, :18].min() > 150 and image[:, 22:].max() < 50
+    assert exif_orientation_note(tmp_path / "turned.jpg") == (
+        "EXIF Orientation 6 (rotated 90° clockwise when displayed) is not applied: coordinates are in the stored frame")
+    assert exif_orientation_note(tmp_path / "plain.jpg") is None

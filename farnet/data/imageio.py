@@ -48,7 +48,7 @@ from farnet.core.coords import rescale_points
 from farnet.core.errors import DataError
 
 __all__ = ["read_grayscale", "read_image_with_spacing", "read_image_size", "resize_grayscale", "map_points",
-           "data_bits", "DICOM_SUFFIXES", "DETECTOR_BITS"]
+           "data_bits", "exif_orientation_note", "DICOM_SUFFIXES", "DETECTOR_BITS"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -86,6 +86,33 @@ def read_image_with_spacing(path: str | Path) -> tuple[np.ndarray, tuple[float, 
     if _is_dicom(path):
         return _read_dicom(path)
     return _read_pillow(path), None
+
+
+# EXIF Orientation values that turn or mirror the picture (2..8; 1 is "as stored"), in words
+EXIF_ORIENTATIONS = {2: "mirrored left-right", 3: "rotated 180°", 4: "mirrored top-bottom",
+                     5: "mirrored and rotated 90° clockwise", 6: "rotated 90° clockwise",
+                     7: "mirrored and rotated 90° counter-clockwise", 8: "rotated 90° counter-clockwise"}
+
+
+def exif_orientation_note(path: str | Path) -> str | None:
+    """What an image's EXIF Orientation asks a viewer to do, when it asks anything, else None.
+
+    Every image is read in its stored frame (the frame every dataset's annotations use, and the one
+    :func:`read_grayscale` returns): a viewer that applies the tag shows the picture turned, so landmark
+    coordinates must be read against the stored pixels. Callers say so in their outputs.
+    """
+    path = Path(path)
+    if _is_dicom(path):
+        return None
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(0x0112)
+    except Exception:  # an unreadable header is reported by the reader itself
+        return None
+    if value not in EXIF_ORIENTATIONS:
+        return None
+    return (f"EXIF Orientation {value} ({EXIF_ORIENTATIONS[value]} when displayed) is not applied: coordinates "
+            "are in the stored frame")
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
