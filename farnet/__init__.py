@@ -1,1 +1,1 @@
-"""FARNet replication suite: the library (see README.md, "Code layout")."""
+"""FARNet replication suite: the library (see README.md, "Layout")."""

@@ -5,7 +5,7 @@ mmap threshold (at most 32 MiB) gets fresh pages from the kernel and gives them 
 step pays page faults on gigabytes of memory: on the project's 2-core CPU a quick-profile step spent as long in
 the kernel as in the convolutions. Serving those blocks from the heap and keeping freed memory for the next step
 halves the quick profile's training time and leaves the numbers bit-for-bit the same (``farnet bench`` measures
-it; the README's "Speed" section has the figures). The price is a resident size that stays at its peak.
+it; docs/speed.md has the figures). The price is a resident size that stays at its peak.
 
 glibc reads these settings (``GLIBC_TUNABLES``) only when a process starts, so the entry points (the DVC stage
 scripts and the ``farnet`` command) call :func:`tune_malloc` first: it re-executes the same command once with
