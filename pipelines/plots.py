@@ -9,7 +9,7 @@ from pathlib import Path
 
 from _common import parse, run_stage
 
-from farnet.report.figures import make_plots
+from farnet.report.plots import make_plots
 
 
 def main(argv=None) -> int:

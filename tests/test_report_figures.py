@@ -1,5 +1,5 @@
-"""Tests of farnet.report.figures: each figure is written as a PNG of the expected size from small fake inputs, and
-make_plots draws the figures of the runs the tables show."""
+"""Tests of farnet.report.figures and training_curves: each figure is written as a PNG of the expected size from small
+fake inputs; and of farnet.report.plots: make_plots draws the figures of the runs the tables show."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from fake_results import isbi_metrics, per_landmark, predictions, write_run
 from PIL import Image
 
 from farnet.core.errors import DataError
-from farnet.report import figures
+from farnet.report import plots
+from farnet.report.columns import ours_vs_paper
 from farnet.report.figures import (
-    DPI, make_plots, plot_ewc_weight, plot_overlays, plot_ours_vs_paper, plot_per_landmark_mre, plot_sdr_curve,
-    plot_training_curves, read_dvclive_metrics, sdr_curve,
+    DPI, plot_ewc_weight, plot_overlays, plot_ours_vs_paper, plot_per_landmark_mre, plot_sdr_curve, sdr_curve,
 )
-from farnet.report.tables import ours_vs_paper
+from farnet.report.plots import make_plots
+from farnet.report.training_curves import plot_training_curves, read_dvclive_metrics
 
 LABEL = "quick profile — not a replication"
 
@@ -171,7 +172,7 @@ def _spy_on_ewc(monkeypatch):
     def spy(alpha, out):
         alphas.append(alpha)
         return plot_ewc_weight(alpha, out)
-    monkeypatch.setattr(figures, "plot_ewc_weight", spy)
+    monkeypatch.setattr(plots, "plot_ewc_weight", spy)
     return alphas
 
 

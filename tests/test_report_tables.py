@@ -1,5 +1,6 @@
-"""Tests of farnet.report.tables (Tables 1-5, the extra tables, their run headers and output) on hand-made results,
-and of the paper's reference numbers in farnet/report/reference/paper_tables.yaml."""
+"""Tests of the tables stage (farnet.report.tables) and its pieces: Tables 1-5 (isbi_tables, fold_tables), the extra
+tables, their run headers and output (headers, markdown), on hand-made results, and of the paper's reference numbers
+in farnet/report/reference/paper_tables.yaml and the runs that fill its rows (paper)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import pytest
 from fake_results import isbi_metrics, per_landmark, predictions, split, write_run
 
 from farnet.core.errors import DataError
+from farnet.report.columns import ours_vs_paper, split_metrics
+from farnet.report.extra_tables import decoding_table, inter_observer_table, per_landmark_table, seeds_table
+from farnet.report.fold_tables import table4, table5
+from farnet.report.headers import runs_header
+from farnet.report.isbi_tables import methods_table, table3
+from farnet.report.markdown import to_markdown, write_table
+from farnet.report.paper import fold_runs, load_paper_tables, seed_runs, table1_runs, table2_runs, table3_runs
 from farnet.report.results import Results, TableRuns
-from farnet.report.tables import (
-    decoding_table, fold_runs, inter_observer_table, load_paper_tables, make_tables, methods_table, ours_vs_paper,
-    per_landmark_table, runs_header, seed_runs, seeds_table, split_metrics, table1_runs, table2_runs, table3,
-    table3_runs, table4, table5, to_markdown, write_table,
-)
+from farnet.report.tables import make_tables
 
 PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "paper" / "farnet-paper.txt"
 RADII = ["2.0", "2.5", "3.0", "4.0"]

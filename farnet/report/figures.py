@@ -1,11 +1,12 @@
-"""Figures of ``results/plots/``: SDR curves, per-landmark errors, Fig. 5 overlays, Fig. 4 EWC, training, ours vs paper.
+"""The figures of ``results/plots/`` drawn from plain inputs: SDR curves, per-landmark errors, Fig. 5 overlays,
+Fig. 4 (the EWC weight) and ours vs paper.
 
-Each ``plot_*`` function draws one figure from plain inputs (arrays, DataFrames, a dvclive folder), writes one
-PNG atomically, closes the figure and returns the path; :func:`make_plots` draws them all from ``results/``,
-for the runs the tables show (:mod:`farnet.report.tables`). Every figure built from a run carries that run's
-label in its title (:func:`farnet.core.provenance.run_label`, e.g. "quick profile — not a replication"); a
-caller that passes no label gets a title that claims nothing. Matplotlib runs headless (Agg), so stages work on
-servers.
+Each ``plot_*`` function draws one figure from arrays or DataFrames, writes one PNG atomically, closes the
+figure and returns the path; the training curves are drawn by :mod:`farnet.report.training_curves`, and
+:func:`farnet.report.plots.make_plots` draws them all from ``results/``. Every figure built from a run carries
+that run's label in its title (:func:`farnet.core.provenance.run_label`, e.g. "quick profile — not a
+replication"); a caller that passes no label gets a title that claims nothing. Matplotlib runs headless (Agg),
+so stages work on servers.
 """
 
 from __future__ import annotations
@@ -17,15 +18,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from farnet.core.coords import rescale_points
-from farnet.data.views import load_split
-from farnet.core.errors import DataError
 from farnet.core.fileio import atomic_write
-from farnet.core.provenance import run_label
-from farnet.report.results import Results
-from farnet.report.tables import (
-    fold_runs, load_paper_tables, methods_table, table1_runs, table2_runs, table3, table3_runs,
-)
 
 matplotlib.use("Agg")  # headless: set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
@@ -36,19 +29,17 @@ PAPER_RADII_MM = (2.0, 2.5, 3.0, 4.0)
 PRED_COLOR, TRUE_COLOR = "red", "blue"  # as in the paper's Fig. 5
 
 
-def _title(fig: plt.Figure, title: str, label: str | None) -> None:
+def title_figure(fig: plt.Figure, title: str, label: str | None) -> None:
+    """Title ``fig`` with ``title`` over the run's label (or :data:`UNLABELLED`)."""
     fig.suptitle(f"{title}\n{label or UNLABELLED}", fontsize=11)
 
 
-def _save(fig: plt.Figure, out: str | Path) -> Path:
+def save_figure(fig: plt.Figure, out: str | Path) -> Path:
     """Write ``fig`` as PNG atomically (:func:`farnet.core.fileio.atomic_write`) and close the figure."""
     try:
         return atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
     finally:
         plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------------------
 
 
 def sdr_curve(errors_mm: np.ndarray, radii_mm: np.ndarray) -> np.ndarray:
@@ -97,8 +88,8 @@ def plot_sdr_curve(errors_mm_by_split: Mapping[str, np.ndarray], out: str | Path
     ax.set(xlim=(0, max_mm), ylim=(0, 100.5), xlabel="radius (mm)", ylabel="SDR (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    _title(fig, "Cumulative error distribution", label)
-    return _save(fig, out)
+    title_figure(fig, "Cumulative error distribution", label)
+    return save_figure(fig, out)
 
 
 def plot_per_landmark_mre(df_per_landmark: pd.DataFrame, out: str | Path, *, label: str | None = None) -> Path:
@@ -132,8 +123,8 @@ def plot_per_landmark_mre(df_per_landmark: pd.DataFrame, out: str | Path, *, lab
     ax.set_ylim(bottom=0)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
-    _title(fig, "Mean radial error per landmark", label)
-    return _save(fig, out)
+    title_figure(fig, "Mean radial error per landmark", label)
+    return save_figure(fig, out)
 
 
 def plot_overlays(images: Sequence[np.ndarray], preds_xy: Sequence[np.ndarray], trues_xy: Sequence[np.ndarray],
@@ -191,8 +182,8 @@ def plot_overlays(images: Sequence[np.ndarray], preds_xy: Sequence[np.ndarray], 
     for ax in axes.flat[n:]:
         ax.axis("off")
     axes.flat[0].legend(loc="lower left", fontsize=6, markerscale=2)
-    _title(fig, "Predicted (red) vs ground-truth (blue) landmarks", label)
-    return _save(fig, out)
+    title_figure(fig, "Predicted (red) vs ground-truth (blue) landmarks", label)
+    return save_figure(fig, out)
 
 
 def plot_ewc_weight(alpha: float, out: str | Path) -> Path:
@@ -222,90 +213,7 @@ def plot_ewc_weight(alpha: float, out: str | Path) -> Path:
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.suptitle(f"Exponential Weighted Center loss (paper eq. 3, Fig. 4), α = {alpha:g}", fontsize=11)
-    return _save(fig, out)
-
-
-def read_dvclive_metrics(dvclive_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Every metric TSV that dvclive wrote, keyed by its path below ``plots/metrics`` without ``.tsv``.
-
-    Args:
-        dvclive_dir: a dvclive folder (holding ``plots/metrics``), or the metrics folder itself.
-
-    Returns:
-        e.g. ``{"train/loss": DataFrame(step, value), "lr": …}`` sorted by name.
-
-    Raises:
-        DataError: no TSV found, or a TSV lacks a ``step`` column or a value column.
-    """
-    root = Path(dvclive_dir)
-    metrics_dir = root / "plots" / "metrics" if (root / "plots" / "metrics").is_dir() else root
-    paths = sorted(metrics_dir.rglob("*.tsv"))
-    if not paths:
-        raise DataError(metrics_dir, "no dvclive metric files (*.tsv) found")
-    curves = {}
-    for path in paths:
-        table = pd.read_csv(path, sep="\t")
-        values = [c for c in table.columns if c not in ("timestamp", "step")]
-        if "step" not in table.columns or len(values) != 1:
-            raise DataError(path, f"expected columns timestamp, step and one metric; got {list(table.columns)}",
-                            line=1)
-        curves[path.relative_to(metrics_dir).with_suffix("").as_posix()] = pd.DataFrame(
-            {"step": table["step"], "value": pd.to_numeric(table[values[0]], errors="coerce")})
-    return curves
-
-
-#: the panels of the training-curves figure: title -> (dvclive metric, line style); log scale where positive
-CURVE_PANELS = {
-    "training loss": (("train/loss", "-"),),
-    "Test MRE (mm), argmax": (("test1/mre_mm", "-"), ("test2/mre_mm", "--")),
-    "landmarks beyond 10 mm (%)": (("test1/outliers_pct", "-"), ("test2/outliers_pct", "--")),
-    "learning rate": (("lr", "-"),),
-}
-
-
-def plot_training_curves(logs: Mapping[str, str | Path], out: str | Path, *,
-                         label: str | None = None) -> Path | None:
-    """Loss, Test MRE, outlier rate and lr against the training step, one line per run and split.
-
-    A curve is drawn only where a run logged at least two points, and a panel only when it has a curve, so a
-    one-epoch run draws no empty panel. The Test MREs are measured during training for this curve only
-    (``train.monitor_every``); they never choose the model.
-
-    Args:
-        logs: run name -> its dvclive folder (see :func:`read_dvclive_metrics`).
-        out: PNG path.
-        label: label for the title.
-
-    Returns:
-        The PNG written, or None when no run has a curve.
-    """
-    curves = {run: read_dvclive_metrics(path) for run, path in logs.items()}
-    panels = {}
-    for title, metrics in CURVE_PANELS.items():
-        lines = [(run, name, style, table[name]) for run, table in curves.items()
-                 for name, style in metrics if name in table and table[name]["value"].notna().sum() >= 2]
-        if lines:
-            panels[title] = lines
-    if not panels:
-        return None
-    ncols = min(len(panels), 2)
-    nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(5.5 * ncols, 3.6 * nrows + 0.6),
-                             layout="constrained")
-    for ax, (title, lines) in zip(axes.flat, panels.items()):
-        for run, name, style, curve in lines:
-            split = name.split("/")[0] if "/" in name and not name.startswith("train/") else ""
-            ax.plot(curve["step"], curve["value"], style, marker="." if len(curve) < 30 else None,
-                    label=" ".join(part for part in (run, split) if part))
-        if all((curve["value"].dropna() > 0).all() for *_, curve in lines):
-            ax.set_yscale("log")
-        ax.set(title=title, xlabel="training step")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize="small")
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    _title(fig, "Training curves", label)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_ours_vs_paper(df_ours_vs_paper: pd.DataFrame, out: str | Path, *, label: str | None = None,
@@ -313,7 +221,7 @@ def plot_ours_vs_paper(df_ours_vs_paper: pd.DataFrame, out: str | Path, *, label
     """Grouped bars of the paper's value and ours for each metric; one panel per unit (mm, %, …).
 
     Args:
-        df_ours_vs_paper: :func:`farnet.report.tables.ours_vs_paper` output: columns ``Metric, Paper, Ours`` and
+        df_ours_vs_paper: :func:`farnet.report.columns.ours_vs_paper` output: columns ``Metric, Paper, Ours`` and
             optionally ``Unit`` and further ``Ours (…)`` columns (e.g. sub-pixel decoding), drawn as more bars.
         out: PNG path.
         label: run label for the title.
@@ -343,90 +251,5 @@ def plot_ours_vs_paper(df_ours_vs_paper: pd.DataFrame, out: str | Path, *, label
         ax.grid(axis="y", alpha=0.3)
     handles, names = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=len(series), fontsize=8)
-    _title(fig, title, label)
-    return _save(fig, out)
-
-
-# ----------------------------------------------------------------------------------------------------------
-
-
-def make_plots(results_dir: Path, prepared_root: Path, n_overlays: int = 4) -> list[Path]:
-    """Every figure of ``results/plots/`` for the runs the tables show; returns the paths written.
-
-    From Table 3's run: the EWC curve (Fig. 4) with the α it was trained with, SDR curves, per-landmark MRE,
-    training curves and ours-vs-paper bars. Ours-vs-paper bars of Tables 1 and 2, and Fig. 5-style overlays
-    of each dataset whose prepared images are here (ISBI: Table 3's run; hand and spine: the first fold run).
-    """
-    results = Results(results_dir)
-    out = results.root / "plots"
-    paper = load_paper_tables()
-    farnet = table3_runs(results, paper["table3"]).first
-    written = []
-    if farnet is not None:
-        info = results.info(farnet)
-        label = run_label(info)
-        written.append(plot_ewc_weight(info["alpha"], out / "ewc_weight.png"))
-        argmax = results.predictions(farnet).query("decode == 'argmax'")
-        written.append(plot_sdr_curve({s: g["error_mm"].to_numpy() for s, g in argmax.groupby("split")},
-                                      out / "isbi2015_sdr_curve.png", label=label))
-        per_lm = results.per_landmark(farnet)
-        written.append(plot_per_landmark_mre(per_lm[per_lm["decode"] == "argmax"],
-                                             out / "isbi2015_per_landmark_mre.png", label=label))
-        logs = {p.name: p for p in sorted((results.root / "train").glob("*")) if p.is_dir() and any(p.rglob("*.tsv"))}
-        curves = plot_training_curves(logs, out / "training_curves.png", label=label) if logs else None
-        if curves is not None:
-            written.append(curves)
-        frames = table3(results.metrics(farnet), info, paper)
-        written.append(plot_ours_vs_paper(frames["ours_vs_paper"], out / "table3_ours_vs_paper.png",
-                                          label=label, title="Table 3: ours vs paper (FARNet row)"))
-    for name, runs in (("table1", table1_runs(results, paper["table1"])),
-                       ("table2", table2_runs(results, paper["table2"]))):
-        bars = _bars(methods_table(results, paper[name], runs))
-        if bars is not None:
-            written.append(plot_ours_vs_paper(bars, out / f"{name}_ours_vs_paper.png",
-                                              label=run_label(results.info(runs.first)),
-                                              title=f"{name.capitalize()}: Test1 MRE and SDR@2mm, ours vs paper"))
-    overlay_runs = {paper["table3"]["dataset"]: farnet,
-                    paper["table4"]["dataset"]: fold_runs(results, paper["table4"]).first,
-                    paper["table5"]["dataset"]: fold_runs(results, paper["table5"]).first}
-    for dataset, run in overlay_runs.items():
-        if run is not None and (prepared_root / dataset).is_dir():
-            written.append(_overlays(results, run, prepared_root / dataset, out / f"{dataset}_overlays.png",
-                                     n_overlays))
-    return written
-
-
-def _bars(df: pd.DataFrame) -> pd.DataFrame | None:
-    """Ours-vs-paper rows (Metric, Unit, Paper, Ours, Difference) of MRE and SDR@2mm per method."""
-    rows = []
-    for method, group in df.groupby("Method", sort=False):
-        by = group.set_index("Source")
-        if "ours" not in by.index:
-            continue
-        for metric, unit in (("MRE", "mm"), ("2mm", "%")):
-            paper, ours = by.loc["paper", metric], by.loc["ours", metric]
-            rows.append({"Metric": f"{method} {metric}", "Unit": unit, "Paper": paper, "Ours": ours,
-                         "Difference": ours - paper})
-    return pd.DataFrame(rows) if rows else None
-
-
-def _overlays(results: Results, run: str, prepared_dir: Path, out: Path, n: int) -> Path:
-    """Fig. 5 style: the first images of the run's evaluation splits, prediction (red) vs ground truth (blue)."""
-    preds = results.predictions(run).query("decode == 'argmax'")
-    images, pred_xy, true_xy, titles = [], [], [], []
-    splits = list(dict.fromkeys(preds["split"]))
-    per_split = max(1, n // len(splits))
-    for split in splits:
-        view = load_split(prepared_dir, split)
-        rows = preds[preds["split"] == split]
-        for i, image_id in enumerate(view.ids[:per_split]):
-            one = rows[rows["image_id"] == str(image_id)].sort_values("landmark")
-            to_input = 1.0 / view.input_to_original[i]  # (2,) original → input pixels
-            images.append(np.asarray(view.images[i]))
-            pred_xy.append(rescale_points(one[["x_pred", "y_pred"]].to_numpy(), to_input))
-            true_xy.append(rescale_points(one[["x_true", "y_true"]].to_numpy(), to_input))
-            error = one["error_mm"].mean()
-            titles.append(f"{split} {image_id}: " + (f"MRE {error:.2f} mm" if np.isfinite(error)
-                                                      else f"{one['error_px'].mean():.1f} px"))
-    return plot_overlays(images, pred_xy, true_xy, titles, out, label=run_label(results.info(run)),
-                         numbers=len(pred_xy[0]) <= 40)
+    title_figure(fig, title, label)
+    return save_figure(fig, out)

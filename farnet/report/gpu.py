@@ -1,12 +1,13 @@
 """A GPU run brought home: the one validating reader of ``results/gpu/`` (written by ``farnet replicate-import``,
 :mod:`farnet.commands.replicate_import`).
 
-``farnet replicate`` (:mod:`farnet.commands.replicate`) runs the paper's protocol on a lent GPU and writes one folder, which
-comes back read-only. ``farnet replicate-import <folder>`` checks it and copies its files into
-``results/gpu/`` (the run's record, train info, metrics, per-landmark errors, predictions, benchmark, progress
-and log; a file an earlier import left there and this folder lacks is removed, so the folder is one run), and
-writes the benchmark to ``results/benchmarks/cuda-<device>.json`` beside ``farnet bench``'s reports. Table 3 then
-shows the run in a row of its own, with its provenance (:func:`farnet.report.tables.gpu_header`).
+``farnet replicate`` (:mod:`farnet.commands.replicate`) is one command that runs the paper's protocol on a GPU node
+or cloud box without DVC and writes one folder; copied back here, ``farnet replicate-import <folder>`` checks it
+and copies its files into ``results/gpu/`` (the run's record, train info, metrics, per-landmark errors,
+predictions, benchmark, progress and log; a file an earlier import left there and this folder lacks is removed,
+so the folder is one run), and writes the benchmark to ``results/benchmarks/cuda-<device>.json`` beside
+``farnet bench``'s reports. Table 3 then shows the run in a row of its own, with its provenance
+(:func:`farnet.report.headers.gpu_header`).
 
 ``results/gpu/README.md`` is committed and always there: the tables stage depends on the folder, and DVC stops
 on a dependency that does not exist. The run counts as present when ``metrics.json`` is there.
@@ -21,7 +22,7 @@ from typing import Any
 
 from farnet.core.errors import DataError
 from farnet.core.fileio import read_json_object
-from farnet.report.results import RUN_INFO_KEYS
+from farnet.report.results import RUN_INFO_KEYS, TEST_SPLITS
 
 __all__ = ["GpuRun", "benchmark_record", "find_gpu_run", "method_label", "read_gpu_run"]
 
@@ -34,7 +35,6 @@ OPTIONAL = ("per_landmark.csv", "predictions.csv", "benchmark.json", "progress.j
 #: what ``run.json`` must state for the row and its provenance, besides the run info of every run of ours
 RUN_KEYS = (*RUN_INFO_KEYS, "input_hw", "pretrained", "hardware", "torch", "device", "status", "protocol",
             "replication_gaps")
-TEST_SPLITS = ("test1", "test2")
 
 
 @dataclass(frozen=True)

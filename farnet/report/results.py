@@ -28,6 +28,8 @@ RUN_INFO_KEYS = (*RUN_KEYS, "profile", "alpha", "epochs", "steps", "train_wall_s
 PREDICTION_COLUMNS = ("split", "decode", "image_id", "landmark", "name",
                       "x_pred", "y_pred", "x_true", "y_true", "error_px", "error_mm")
 PER_LANDMARK_COLUMNS = ("split", "decode", "landmark", "name")
+#: ISBI 2015's test sets as ``metrics/<run>.json`` keys them → their label in the tables (Test1, Test2)
+TEST_SPLITS = {"test1": "Test1", "test2": "Test2"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,88 @@
+"""The tables beyond the paper (docs/design.md §5), all on ISBI 2015's test sets.
+
+The doctors' disagreement as the human reference (:func:`inter_observer_table`), the decoders beyond argmax
+(:func:`decoding_table`), seed replicates as mean ± SD (:func:`seeds_table`) and the error of each landmark
+(:func:`per_landmark_table`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from farnet.evaluation.metrics import summarize
+from farnet.report.columns import BEYOND_ARGMAX, EXTRA_RADII_MM, OUTLIERS, split_metrics
+from farnet.report.results import TEST_SPLITS, Results
+
+
+def inter_observer(isbi_root: Path, radii_mm: Sequence[float]) -> dict | None:
+    """Senior vs junior radial errors per ISBI split (None when the raw data is not fetched)."""
+    from farnet.data import isbi
+
+    if not (isbi_root / "AnnotationsByMD").is_dir():
+        return None
+    out = {}
+    for split in ("train", "test1", "test2"):
+        senior = isbi.read_isbi2015(isbi_root, split, annotator="senior")
+        junior = isbi.read_isbi2015(isbi_root, split, annotator="junior")
+        a = np.stack([s.landmarks_px for s in senior])
+        b = np.stack([s.landmarks_px for s in junior])
+        out[split] = summarize(np.linalg.norm(a - b, axis=-1) * isbi.SPACING_MM, radii_mm)
+    return out
+
+
+def inter_observer_table(results: Results, isbi_root: Path, run: str | None) -> pd.DataFrame | None:
+    """The doctors' disagreement per split, then ``run`` (Table 3's) against their mean on the test sets;
+    None when the raw ISBI data is not fetched."""
+    observer = inter_observer(isbi_root, [float(r) for r in EXTRA_RADII_MM])
+    if observer is None:
+        return None
+    rows = [{"Reference": "senior vs junior doctor (human)", "Split": split, **split_metrics(m, EXTRA_RADII_MM)}
+            for split, m in observer.items()]
+    if run is not None:
+        rows += [{"Reference": "FARNet (ours) vs mean of both", "Split": split,
+                  **split_metrics(results.metrics(run, split), EXTRA_RADII_MM)} for split in TEST_SPLITS]
+    return pd.DataFrame(rows)
+
+
+def decoding_table(results: Results, runs: Sequence[str]) -> pd.DataFrame:
+    """The decoders beyond the paper (sub-pixel, guided) against argmax, for each ISBI run on each test set."""
+    rows = []
+    for run in runs:
+        for split in TEST_SPLITS:
+            a = split_metrics(results.metrics(run, split), EXTRA_RADII_MM)
+            row = {"Run": run, "Split": split, "MRE argmax": a["MRE"], "2mm argmax": a["2mm"],
+                   f"{OUTLIERS} argmax": a.get(OUTLIERS, np.nan)}
+            for suffix, (name, _) in BEYOND_ARGMAX.items():
+                try:
+                    b = split_metrics(results.metrics(run, f"{split}{suffix}"), EXTRA_RADII_MM)
+                except (KeyError, ValueError):  # results made before this decoder existed
+                    continue
+                row.update({f"MRE {name}": b["MRE"], f"Δ MRE {name}": b["MRE"] - a["MRE"], f"2mm {name}": b["2mm"],
+                            f"{OUTLIERS} {name}": b.get(OUTLIERS, np.nan)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seeds_table(results: Results, runs: Sequence[str]) -> pd.DataFrame:
+    """Mean and SD over the seed replicates ``runs`` of each metric, per test set."""
+    rows = []
+    for split in TEST_SPLITS:
+        values = pd.DataFrame([split_metrics(results.metrics(run, split), EXTRA_RADII_MM) for run in runs])
+        rows.append({"Split": split, "runs": len(runs), **{f"{c} mean": values[c].mean() for c in values},
+                     **{f"{c} SD": values[c].std(ddof=1) if len(runs) > 1 else np.nan for c in values}})
+    return pd.DataFrame(rows)
+
+
+def per_landmark_table(results: Results, run: str) -> pd.DataFrame:
+    """MRE and SD of each landmark (numbered from 1) per split, argmax decoding."""
+    per_lm = results.per_landmark(run)
+    per_lm = per_lm[per_lm["decode"] == "argmax"]
+    wide = per_lm.pivot_table(index=["landmark", "name"], columns="split", values=["mre_mm", "sd_mm"])
+    wide.columns = [f"{split} {'MRE' if v == 'mre_mm' else 'SD'}" for v, split in wide.columns]
+    wide = wide.reset_index()
+    wide["landmark"] += 1
+    return wide

@@ -1,0 +1,91 @@
+"""Tables 4 and 5 of the paper, the cross-validated ones: hand X-rays (DHA) and spinal AP X-rays (AASCE).
+
+Both take one FARNet run per fold (:func:`~farnet.report.paper.fold_runs`). Table 4 pools the folds' test
+images, so each hand image is tested once; Table 5 gives the mean and SD over the fold models on the 50
+held-out spine images, each fold's validation images and the 128 further AASCE images, with the Cobb-angle
+SMAPE computed from the landmarks (beyond the paper, docs/design.md §5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from farnet.evaluation.metrics import summarize
+from farnet.report.columns import radius_label
+from farnet.report.results import Results, TableRuns
+
+#: Table 5's evaluation splits: metrics key (``fold_val``: each fold's own) → label
+SPINE_SPLITS = {"test": "test (50)", "fold_val": "fold validation", "aasce_test": "AASCE test (128)"}
+
+
+def table4(results: Results, paper_table: Mapping[str, Any], runs: TableRuns) -> pd.DataFrame:
+    """Hand: the paper's rows, then ours pooled over the folds' test images (each image tested once).
+
+    Args:
+        results: the results folder.
+        paper_table: ``table4`` of :func:`~farnet.report.paper.load_paper_tables`.
+        runs: :func:`~farnet.report.paper.fold_runs` output for it.
+    """
+    radii = paper_table["radii_mm"]
+    rows = []
+    for row in paper_table["rows"]:
+        rows.append({"Method": row["method"], "Source": "paper", "MRE": row["mre_mm"], "SD": row["sd_mm"],
+                     **{radius_label(r): row["sdr"][r] for r in radii}, "images": np.nan})
+    if not runs.present:
+        rows.append({"Method": "FARNet (ours)", "Source": "ours: not run"})
+        return pd.DataFrame(rows)
+    preds = pd.concat([results.predictions(run) for run in runs.present])
+    argmax = preds[preds["decode"] == "argmax"]
+    k = argmax["landmark"].nunique()
+    errors = argmax["error_mm"].to_numpy().reshape(-1, k)  # (N, K): rows are written image by image
+    summary = summarize(errors, [float(r) for r in radii])
+    ours = {"MRE": summary["mre_mm"], "SD": summary["sd_mm"],
+            **{radius_label(r): summary["sdr"][f"{float(r):.1f}"] for r in radii}}
+    paper_farnet = next(r for r in rows if r["Method"].startswith("FARNet"))
+    profile = results.info(runs.first)["profile"]
+    rows.append({"Method": f"FARNet (ours, {profile})", "Source": "ours", **ours, "images": errors.shape[0]})
+    rows.append({"Method": "ours − paper FARNet", "Source": "ours − paper",
+                 **{key: ours[key] - paper_farnet[key] for key in ours}, "images": np.nan})
+    return pd.DataFrame(rows)
+
+
+def table5(results: Results, paper_table: Mapping[str, Any], runs: TableRuns) -> pd.DataFrame:
+    """Spine: the paper's rows, then ours on the 50 held-out test images (mean ± SD over the fold models), on
+    each fold's validation images, and on the 128 further AASCE images, with Cobb-angle SMAPE.
+
+    Args:
+        results: the results folder.
+        paper_table: ``table5`` of :func:`~farnet.report.paper.load_paper_tables`.
+        runs: :func:`~farnet.report.paper.fold_runs` output for it.
+    """
+    rows = [{"Method": r["method"], "Source": "paper", "Split": "test (50)", "MSE": r["mse"], "ρ": r["rho"]}
+            for r in paper_table["rows"]]
+    if not runs.present:
+        rows.append({"Method": "FARNet (ours)", "Source": "ours: not run"})
+        return pd.DataFrame(rows)
+    profile = results.info(runs.first)["profile"]
+    paper_farnet = next(r for r in paper_table["rows"] if r.get("farnet"))
+    for split, label in SPINE_SPLITS.items():
+        per_fold = [results.metrics(run, f"fold{results.info(run)['fold']}_val" if split == "fold_val" else split)
+                    for run in runs.present]
+        row = {"Method": f"FARNet (ours, {profile}, {len(per_fold)} folds)", "Source": "ours", "Split": label,
+               **_fold_mean_and_sd(per_fold)}
+        rows.append(row)
+        if split == "test":
+            rows.append({"Method": "ours − paper FARNet", "Source": "ours − paper", "Split": label,
+                         "MSE": row["MSE"] - paper_farnet["mse"], "ρ": row["ρ"] - paper_farnet["rho"]})
+    return pd.DataFrame(rows)
+
+
+def _fold_mean_and_sd(per_fold: list[Mapping[str, Any]]) -> dict[str, float]:
+    """MSE and ρ as mean and SD over the fold models (SD NaN for one fold), and the mean Cobb SMAPE."""
+    mse = np.array([m["mse"] for m in per_fold])
+    rho = np.array([m["rho"] for m in per_fold])
+    smape = np.array([m.get("cobb_smape", np.nan) for m in per_fold])
+    return {"MSE": mse.mean(), "MSE SD (folds)": mse.std(ddof=1) if len(mse) > 1 else np.nan,
+            "ρ": rho.mean(), "ρ SD (folds)": rho.std(ddof=1) if len(rho) > 1 else np.nan,
+            "Cobb SMAPE % (beyond the paper)": np.nanmean(smape) if np.isfinite(smape).any() else np.nan}
