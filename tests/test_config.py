@@ -5,7 +5,7 @@ import yaml
 
 from farnet.config import Params, check_every_run, effective_dict, load_params, params_from_dict
 from farnet.core.errors import ConfigError
-from helpers import committed_params, write_committed_params
+from helpers import committed_params, committed_params_text, write_committed_params
 
 
 def write(tmp_path, data):
@@ -199,9 +199,13 @@ def test_a_mistake_in_another_run_fails_the_load(tmp_path):
 
 def test_a_mistake_under_another_profile_fails_the_load(tmp_path):
     raw = committed_params()
-    raw["profiles"]["quick"]["runs"]["hand_fold2"]["heatmap"]["sigma_px"] = float("inf")
-    with pytest.raises(ConfigError, match=r"profile 'quick': runs\.hand_fold2\.heatmap\.sigma_px: inf must be a "
-                                          r"finite number"):
+    raw["profiles"]["quick"]["runs"]["vgg19"]["train"]["lr"] = float("inf")
+    with pytest.raises(ConfigError, match=r"profile 'quick': runs\.vgg19\.train\.lr: inf must be a finite number"):
+        load_params(write(tmp_path, raw))
+    raw = committed_params()
+    raw["profiles"]["quick"]["run_defaults"]["hand_dha"]["heatmap"]["sigma_px"] = float("inf")
+    with pytest.raises(ConfigError, match=r"profile 'quick': profiles\.quick\.run_defaults\.hand_dha\.heatmap\."
+                                          r"sigma_px: inf must be a finite number"):
         load_params(write(tmp_path, raw))
     raw = committed_params()
     raw["profiles"]["quick"]["train"]["lr_gamma"] = 0.0  # in the profile's base: no run named
@@ -236,3 +240,84 @@ def test_anchors_and_aliases_are_refused_at_once(tmp_path):
     with pytest.raises(ConfigError, match=r"params\.yaml:1: YAML anchors and aliases"):
         load_params(path)
     assert time.perf_counter() - start < 1.0
+
+
+# ---- params.yaml is the whole truth: every parameter stated, with the default the code has ---------------------
+
+SECTIONS = ("data", "heatmap", "model", "loss", "train", "eval")
+# the keys of DatasetParams each committed dataset reads (the others do not apply to it)
+DATASET_KEYS = {"isbi2015": {"input_hw", "annotator", "augment"}, "hand_dha": {"input_hw", "augment"},
+                "spine_boostnet": {"input_hw", "augment", "split_seed"}}
+CUSTOM_ONLY = {"root", "csv", "split_seed"}  # your own data (README); stated in the datasets comment
+
+
+def test_params_yaml_states_every_parameter_with_its_default():
+    raw, defaults = committed_params(), effective_dict(Params())
+    assert (raw["profile"], raw["seed"]) == (defaults["profile"], defaults["seed"])
+    for section in SECTIONS:
+        stated, fields = set(raw[section]), set(defaults[section])
+        assert stated == fields, f"{section}: unstated {sorted(fields - stated)}, not fields {sorted(stated - fields)}"
+        for key, value in defaults[section].items():
+            assert raw[section][key] == value, f"{section}.{key}: params.yaml {raw[section][key]!r}, code {value!r}"
+
+
+def test_params_yaml_states_every_dataset_key_that_applies():
+    raw, text = committed_params(), committed_params_text()
+    fields = set(effective_dict(Params())["datasets"]["isbi2015"])
+    assert set().union(*DATASET_KEYS.values()) | CUSTOM_ONLY == fields  # a new field must be placed
+    assert {name: set(entry) for name, entry in raw["datasets"].items()} == DATASET_KEYS
+    isbi = raw["datasets"]["isbi2015"]  # the dataclass's defaults are the ISBI protocol's
+    assert all(isbi[key] == effective_dict(Params())["datasets"]["isbi2015"][key] for key in isbi)
+    assert all(f"{key}:" in text for key in CUSTOM_ONLY)
+
+
+# ---- a profile's run_defaults: one override for every run of a dataset ------------------------------------------
+
+def test_quick_run_defaults_reach_every_run_of_their_dataset_but_the_exempt():
+    raw = {**committed_params(), "profile": "quick"}
+    for run, entry in raw["runs"].items():
+        p = params_from_dict(raw, run)
+        if entry["dataset"] == "isbi2015" and run != "farnet":
+            assert (p.input_hw, p.data.train_limit) == ((160, 128), 40), run
+        elif entry["dataset"] == "hand_dha":
+            assert (p.heatmap.sigma_px, p.train.epochs, p.data.train_limit) == (5.0, 3, None), run
+        elif entry["dataset"] == "spine_boostnet":
+            assert (p.input_hw, p.data.train_limit) == ((256, 128), 40), run
+    farnet = params_from_dict(raw, "farnet")
+    assert (farnet.input_hw, farnet.data.train_limit) == ((320, 256), None)  # exempt
+
+
+def test_run_defaults_sit_between_the_base_run_and_the_profile_run():
+    raw = {"profile": "p", "runs": {"a": {"dataset": "isbi2015", "seed": 1, "train": {"epochs": 9}},
+                                    "b": {"dataset": "isbi2015"}, "h": {"dataset": "hand_dha"}},
+           "datasets": {"isbi2015": {}, "hand_dha": {"input_hw": [512, 512]}},
+           "profiles": {"p": {"run_defaults": {"isbi2015": {"exempt": ["b"], "seed": 5, "train": {"epochs": 2}}},
+                              "runs": {"a": {"train": {"epochs": 3}}}}}}
+    a = params_from_dict(raw, "a")
+    assert (a.seed, a.train.epochs) == (5, 3)  # over the base run's entry, under the profile's
+    assert params_from_dict(raw, "b").seed == 0 and params_from_dict(raw, "h").seed == 0
+    raw["profiles"]["p"]["run_defaults"]["isbi2015"]["train"]["lr"] = 0.5  # as `dvc exp run -S ...` sets it
+    assert params_from_dict(raw, "a").train.lr == 0.5 and params_from_dict(raw, "b").train.lr == 1e-4
+    raw["profiles"]["q"] = {"extends": "p"}  # inherited through `extends`
+    assert params_from_dict({**raw, "profile": "q"}, "a").train.lr == 0.5
+
+
+@pytest.mark.parametrize("defaults, match", [
+    ([1], r"profiles\.p\.run_defaults: expected a mapping of dataset name"),
+    ({"isbi": {}}, r"profiles\.p\.run_defaults\.isbi: 'isbi' is not a dataset"),
+    ({"isbi2015": 3}, r"profiles\.p\.run_defaults\.isbi2015: expected a mapping of overrides, got 3"),
+    ({"isbi2015": {"exempt": "a"}}, r"profiles\.p\.run_defaults\.isbi2015\.exempt: 'a' must be a list of runs of "
+                                    r"isbi2015 \(have: a\)"),
+    ({"isbi2015": {"exempt": ["h"]}}, r"run_defaults\.isbi2015\.exempt: \['h'\] must be a list of runs of isbi2015"),
+    ({"isbi2015": {"dataset": "hand_dha"}}, r"run_defaults\.isbi2015\.dataset: may not be set for every run"),
+    ({"isbi2015": {"run": "b"}}, r"run_defaults\.isbi2015\.run: may not be set for every run"),
+    ({"isbi2015": {"train": {"epoch": 1}}}, r"run_defaults\.isbi2015\.train\.epoch: unknown key"),
+    ({"isbi2015": {"train": {"epochs": "one"}}}, r"run_defaults\.isbi2015\.train\.epochs: expected an integer"),
+    ({"isbi2015": {"train": {"lr": float("nan")}}}, r"run_defaults\.isbi2015\.train\.lr: nan must be a finite"),
+])
+def test_misused_run_defaults_name_the_key(defaults, match):
+    raw = {"profile": "p", "runs": {"a": {"dataset": "isbi2015"}, "h": {"dataset": "hand_dha"}},
+           "datasets": {"isbi2015": {}, "hand_dha": {"input_hw": [512, 512]}},
+           "profiles": {"p": {"run_defaults": defaults}}}
+    with pytest.raises(ConfigError, match=match):
+        params_from_dict(raw)

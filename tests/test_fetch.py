@@ -1,5 +1,6 @@
-"""Tests of farnet.data.download: safe archive extraction, the committed manifests, verified copies, the mirror
-fetches (ISBI, hand, spine) and the figshare path (offline, with canned answers)."""
+"""Tests of the fetch stage's data modules: safe archive extraction (farnet.data.archives), the committed manifests,
+verified copies (farnet.data.mirror), the mirror fetches (ISBI, hand, spine) and the figshare path (offline, with
+canned answers; farnet.data.download)."""
 
 from __future__ import annotations
 
@@ -12,22 +13,18 @@ import stat
 import sys
 import tarfile
 import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from farnet.data import download as fetch
-from farnet.data.download import (
-    copy_verified,
-    fetch_isbi2015,
-    parse_figshare_files,
-    safe_extract,
-    sha256_file,
-)
+from farnet.data.archives import safe_extract
+from farnet.data.download import fetch_isbi2015, parse_figshare_files
+from farnet.data.mirror import copy_verified
 from farnet.data.hand import fetch_hand
 from farnet.data.isbi import read_isbi2015
-from farnet.data.manifest import Manifest, hash_folder, write_manifest
+from farnet.data.manifest import Manifest, hash_folder, sha256_file, write_manifest
 from farnet.data.spine import fetch_spine
 from farnet.core.errors import DataError
 
@@ -215,7 +212,7 @@ def test_copy_verified_copies_skips_and_refuses(tmp_path, monkeypatch):
     def no_copy(*args, **kwargs):
         raise AssertionError("a file with the right hash must not be copied again")
 
-    monkeypatch.setattr(fetch.shutil, "copyfile", no_copy)
+    monkeypatch.setattr(shutil, "copyfile", no_copy)
     assert copy_verified(src, dest, [("a/f.bin", _sha(b"data"))], progress=False) == hashes
     monkeypatch.undo()
 
@@ -417,7 +414,7 @@ def test_fetch_from_real_mirror(mirror_root, tmp_path, monkeypatch):
     (want,) = read_isbi2015(mirror, "test2", ids=["301"])
     assert got.stored_wh == want.stored_wh and (got.landmarks_px == want.landmarks_px).all()
     # A re-run copies nothing.
-    monkeypatch.setattr(fetch.shutil, "copyfile", lambda *a, **k: pytest.fail("re-copied a verified file"))
+    monkeypatch.setattr(shutil, "copyfile", lambda *a, **k: pytest.fail("re-copied a verified file"))
     fetch_isbi2015(dest, mirror, ids=ids, progress=False)
 
 
@@ -480,7 +477,7 @@ def test_fetch_from_figshare_offline(tmp_path, monkeypatch):
             return _Response(json.dumps(answer).encode())
         return _Response(by_url[url])
 
-    monkeypatch.setattr(fetch.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     dest = tmp_path / "isbi"
     summary = fetch_isbi2015(dest, None, progress=False)
     assert summary == {"source": "figshare", "mirror": None, "n_images": 2, "files": 3}
@@ -499,7 +496,7 @@ def test_fetch_without_mirror_or_network_says_where_to_get_data(tmp_path, monkey
     def offline(url, timeout):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(fetch.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match=r"cannot download ISBI 2015 from figshare .*figshare\.com/articles/"
                                         r"dataset/3471833.*FARNET_DATA_MIRROR"):
         fetch_isbi2015(tmp_path / "isbi", None, progress=False)

@@ -102,7 +102,7 @@ def existing_link_cases(rng):
 
 
 def test_fuzz_safe_extract_into_a_folder_with_links(tmp_path):
-    from farnet.data.download import safe_extract
+    from farnet.data.archives import safe_extract
 
     rng = np.random.default_rng(SEED + 4)
     failures = Failures()

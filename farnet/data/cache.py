@@ -93,33 +93,15 @@ def build_cache(samples: Sequence[Sample], out_dir: str | Path, input_hw: tuple[
         ValueError: no samples, mixed landmark counts, or a bad input_hw.
     """
     out_dir = Path(out_dir)
-    if not samples:
-        raise ValueError("build_cache needs at least one sample")
+    num_landmarks = _check_samples(samples, input_hw)
     height, width = input_hw
-    if not all(isinstance(v, (int, np.integer)) and v > 0 for v in (height, width)):
-        raise ValueError(f"input_hw must be two positive integers, got {input_hw!r}")
-    num_landmarks = samples[0].landmarks_px.shape[0]
-    for s in samples:
-        if s.landmarks_px.shape != (num_landmarks, 2):
-            raise ValueError(f"sample {s.image_id}: landmarks of shape {s.landmarks_px.shape}, "
-                             f"expected ({num_landmarks}, 2) like the first sample")
-
     with staged_folder(out_dir) as tmp:
         scales = np.array([input_to_original_scale(s, (height, width)) for s in samples])  # (N, 2)
         landmarks_original = np.stack([s.landmarks_px for s in samples]).astype(np.float64)  # (N, K, 2)
         to_input = np.array([[s.stored_scale_xy[0] * width / s.stored_wh[0],
                               s.stored_scale_xy[1] * height / s.stored_wh[1]] for s in samples])  # (N, 2)
         landmarks_in = rescale_points(landmarks_original, to_input[:, None, :])  # (N, K, 2)
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                           shape=(len(samples), height, width))  # (N, H, W)
-        for i, s in enumerate(tqdm(samples, desc="prepare", unit="img", disable=not progress)):
-            image = read_grayscale(s.image_path)  # (H_s, W_s)
-            if image.shape[::-1] != tuple(s.stored_wh):
-                raise DataError(s.image_path, f"decoded size {image.shape[1]}x{image.shape[0]} differs from "
-                                              f"the expected {s.stored_wh[0]}x{s.stored_wh[1]}")
-            images[i] = resize_grayscale(image, (height, width))
-        images.flush()
-        del images
+        _write_images(samples, tmp / "images.npy", (height, width), progress)
         np.save(tmp / "landmarks.npy", landmarks_in.astype(np.float32))
         source_root = Path(os.path.commonpath([os.path.abspath(s.image_path.parent) for s in samples]))
         meta = {
@@ -138,6 +120,35 @@ def build_cache(samples: Sequence[Sample], out_dir: str | Path, input_hw: tuple[
         }
         (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
     return out_dir
+
+
+def _check_samples(samples: Sequence[Sample], input_hw: tuple[int, int]) -> int:
+    """The landmark count K shared by every sample, or ValueError (see :func:`build_cache`)."""
+    if not samples:
+        raise ValueError("build_cache needs at least one sample")
+    height, width = input_hw
+    if not all(isinstance(v, (int, np.integer)) and v > 0 for v in (height, width)):
+        raise ValueError(f"input_hw must be two positive integers, got {input_hw!r}")
+    num_landmarks = samples[0].landmarks_px.shape[0]
+    for s in samples:
+        if s.landmarks_px.shape != (num_landmarks, 2):
+            raise ValueError(f"sample {s.image_id}: landmarks of shape {s.landmarks_px.shape}, "
+                             f"expected ({num_landmarks}, 2) like the first sample")
+    return num_landmarks
+
+
+def _write_images(samples: Sequence[Sample], path: Path, input_hw: tuple[int, int], progress: bool) -> None:
+    """Decode each sample's image, resize it to ``input_hw`` and store all of them in one (N, H, W) uint8 .npy,
+    written in place through a memory map so that no more than one image is held in memory."""
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(samples), *input_hw))
+    for i, s in enumerate(tqdm(samples, desc="prepare", unit="img", disable=not progress)):
+        image = read_grayscale(s.image_path)  # (H_s, W_s)
+        if image.shape[::-1] != tuple(s.stored_wh):
+            raise DataError(s.image_path, f"decoded size {image.shape[1]}x{image.shape[0]} differs from "
+                                          f"the expected {s.stored_wh[0]}x{s.stored_wh[1]}")
+        images[i] = resize_grayscale(image, input_hw)
+    images.flush()
+    del images
 
 
 @contextlib.contextmanager

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from farnet.data.download import MIRROR_ENV, copy_verified
+from farnet.data.mirror import MIRROR_ENV, clear_partial_files, copy_verified, mirror_folder, write_fetched
 from farnet.data.manifest import Manifest
 from farnet.data.sample import Sample
 from farnet.data.imageio import read_image_size
 from farnet.core.errors import DataError
-from farnet.core.fileio import write_json
 
 __all__ = [
     "NUM_LANDMARKS",
@@ -351,14 +350,10 @@ def fetch_hand(dest: str | Path, mirror: str | Path | None, *, progress: bool = 
                               "(hand_xray/hand_xray_dataset/setup); put them in "
                               f"{dest}/images/<id>.jpg and {dest}/setup/, or point {MIRROR_ENV} at a folder "
                               "holding hand_dha/")
-    mirror = Path(mirror)
-    if not mirror.is_dir():
-        raise DataError(mirror, f"mirror folder not found (check {MIRROR_ENV})")
-    expected = Manifest.committed("hand_dha") if manifest is None else Manifest.read(manifest)
+    mirror = mirror_folder(mirror)
+    expected = Manifest.load("hand_dha", manifest)
     listed, unverified = _mirror_files(mirror, expected)
-    dest.mkdir(parents=True, exist_ok=True)
-    for stale in dest.rglob(".*.tmp"):  # temporary files of an interrupted fetch
-        stale.unlink()
+    clear_partial_files(dest)
     hashes = copy_verified(mirror, dest, expected.entries(listed), progress=progress, desc="hand_dha")
     if unverified:
         # deviation: docs/design.md §2.1 verifies every file; the Digital Hand Atlas publishes no checksums, so the
@@ -367,9 +362,14 @@ def fetch_hand(dest: str | Path, mirror: str | Path | None, *, progress: bool = 
                     expected.path)
         hashes.update(copy_verified(mirror, dest, [(rel, None) for rel in unverified], progress=progress,
                                     desc="hand_dha (unverified)"))
+    return write_fetched(dest, _fetch_summary(dest, mirror, hashes, unverified), hashes, unverified=unverified)
+
+
+def _fetch_summary(dest: Path, mirror: Path, hashes: dict[str, str], unverified: list[str]) -> dict:
+    """What :func:`fetch_hand` returns: the images copied, and how many of Payer et al.'s split they are."""
     counts = hand_counts(dest)
     n_images = sum(1 for rel in hashes if rel.startswith("images/") and Path(rel).suffix in IMAGE_SUFFIXES)
-    summary = {
+    return {
         "source": "mirror", "mirror": str(mirror), "n_images": n_images,
         "images_listed": counts["listed"], "images_present": counts["present"],
         "unverified_images": len(unverified),
@@ -377,5 +377,3 @@ def fetch_hand(dest: str | Path, mirror: str | Path | None, *, progress: bool = 
                 + (f"; {len(unverified)} have no committed sha256" if unverified else ""),
         "files": len(hashes),
     }
-    write_json(dest / "FETCHED.json", {**summary, "unverified": unverified, "sha256": dict(sorted(hashes.items()))})
-    return summary

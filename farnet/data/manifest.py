@@ -134,8 +134,13 @@ class Manifest:
         """The manifest the package ships for a dataset: ``farnet/data/manifests/<dataset>.sha256``."""
         return cls.read(MANIFEST_DIR / f"{dataset}.sha256")
 
+    @classmethod
+    def load(cls, dataset: str, path: str | Path | None = None) -> Manifest:
+        """The manifest at ``path``, or the committed one of ``dataset`` when ``path`` is None."""
+        return cls.committed(dataset) if path is None else cls.read(path)
+
     def entries(self, rels: Iterable[str] | None = None) -> list[tuple[str, str]]:
-        """(relative path, expected sha256) of rels (all when None), for :func:`farnet.data.download.copy_verified`.
+        """(relative path, expected sha256) of rels (all when None), for :func:`farnet.data.mirror.copy_verified`.
 
         Raises:
             DataError: a path the manifest does not list.

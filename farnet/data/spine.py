@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from farnet.data.download import MIRROR_ENV, copy_verified
+from farnet.data.mirror import MIRROR_ENV, clear_partial_files, copy_verified, mirror_folder, write_fetched
 from farnet.data.manifest import Manifest
 from farnet.data.sample import Sample
 from farnet.data.imageio import read_image_size
 from farnet.core.errors import DataError
-from farnet.core.fileio import write_json
 
 __all__ = [
     "NUM_LANDMARKS",
@@ -289,17 +288,12 @@ def fetch_spine(dest: str | Path, mirror: str | Path | None, *, progress: bool =
                               "dataset 16 (http://spineweb.digitalimaginggroup.ca, 'boostnet_labeldata') and put "
                               f"data/<training|test>/*.jpg and labels/<training|test>/ in {dest}, or point "
                               f"{MIRROR_ENV} at a folder holding spine_boostnet/")
-    mirror = Path(mirror)
-    if not mirror.is_dir():
-        raise DataError(mirror, f"mirror folder not found (check {MIRROR_ENV})")
-    expected = Manifest.committed("spine_boostnet") if manifest is None else Manifest.read(manifest)
+    mirror = mirror_folder(mirror)
+    expected = Manifest.load("spine_boostnet", manifest)
     expected.check_listing(mirror)
-    dest.mkdir(parents=True, exist_ok=True)
-    for stale in dest.rglob(".*.tmp"):  # temporary files of an interrupted fetch
-        stale.unlink()
+    clear_partial_files(dest)
     hashes = copy_verified(mirror, dest, expected.entries(), progress=progress, desc="spine_boostnet")
     counts = {split_dir: len(read_spine_filenames(dest, split_dir)) for split_dir in SPLIT_DIRS}
     summary = {"source": "mirror", "mirror": str(mirror), "n_images": sum(counts.values()),
                "n_images_by_split": counts, "files": len(hashes)}
-    write_json(dest / "FETCHED.json", {**summary, "sha256": dict(sorted(hashes.items()))})
-    return summary
+    return write_fetched(dest, summary, hashes)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from farnet.config import Params, _profile_chain, load_params, params_from_dict, read_params_file, stage_params
+from farnet.config import Params, load_params, params_from_dict, profile_chain, read_params_file, stage_params
 from farnet.core.fileio import write_text
 
 
@@ -48,7 +48,7 @@ def _own_profile(raw: dict, run: str | None, values: Callable[[Params], dict]) -
     content = values(params_from_dict(raw, run))
     if selected == "paper":
         return content
-    names = [name for name, _ in _profile_chain(raw.get("profiles") or {}, selected)]
+    names = [name for name, _ in profile_chain(raw.get("profiles") or {}, selected)]
     for ancestor in reversed(names[:-1]):  # the nearest first
         other = values(params_from_dict({**raw, "profile": ancestor}, run))
         if {**other, "profile": selected} != content:
