@@ -6,7 +6,7 @@ from baselines.unet import UNet
 from farnet.models.backbone import Backbone
 from farnet.models.registry import BACKBONE_NAMES as BACKBONES
 from farnet.config import ModelParams, params_from_dict
-from farnet.training.engine import TrainOptions, train
+from farnet.training.engine import RunSettings, TrainOptions, train
 from farnet.core.errors import ConfigError
 from farnet.models.layers import Float32Conv2d
 from farnet.training.losses import L2HeatmapLoss
@@ -61,7 +61,7 @@ def test_one_training_step_through_the_engine(make, hw, tmp_path):
     model = make()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     result = train(model, Data(hw), L2HeatmapLoss(), TrainOptions(epochs=1, sigma_px=2.0, batch_size=2), tmp_path,
-                   fingerprint="t", progress=False)
+                   RunSettings(fingerprint="t", progress=False))
     assert result.steps == 1
     loss = result.history[0]["loss"]
     assert loss == pytest.approx(result.history[0]["loss_fine"]) and torch.isfinite(torch.tensor(loss))

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from farnet.training import distributed
-from farnet.training.engine import TrainOptions, train
+from farnet.training.engine import RunSettings, TrainOptions, train
 from farnet.core.errors import TrainingDiverged
 from farnet.training.losses import ExponentialWeightedCenterLoss
 from farnet.models.interface import Heatmaps
@@ -66,18 +66,18 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         run_dir = os.path.join(out_dir, "run")
         loss = ExponentialWeightedCenterLoss(40)
         one_epoch = OPTS.__class__(**{**OPTS.__dict__, "epochs": 1})
-        train(make(), Data(), loss, one_epoch, run_dir, fingerprint="f", progress=False, rank=rank,
-              world_size=world_size, device=device)
+        train(make(), Data(), loss, one_epoch, run_dir, RunSettings(fingerprint="f", progress=False, rank=rank,
+                                                                    world_size=world_size, device=device))
         # a new process would start from other weights: everything must come from rank 0's checkpoint
         model = make(seed=100 + rank)
-        result = train(model, Data(), loss, OPTS, run_dir, fingerprint="f", progress=False, rank=rank,
-                       world_size=world_size, device=device)
+        result = train(model, Data(), loss, OPTS, run_dir, RunSettings(fingerprint="f", progress=False, rank=rank,
+                                                                       world_size=world_size, device=device))
         torch.save({"model": model.state_dict(), "history": result.history, "resumed_from": result.resumed_from},
                    os.path.join(out_dir, f"rank{rank}.pt"))
         # a non-finite loss on rank 1 only must stop both ranks at the same step, not hang rank 0
         try:
-            train(make(), Data(nan=rank == 1), loss, OPTS, os.path.join(out_dir, "nan"), fingerprint="n",
-                  progress=False, rank=rank, world_size=world_size, device=device)
+            train(make(), Data(nan=rank == 1), loss, OPTS, os.path.join(out_dir, "nan"),
+                  RunSettings(fingerprint="n", progress=False, rank=rank, world_size=world_size, device=device))
         except TrainingDiverged as exc:
             with open(os.path.join(out_dir, f"diverged{rank}.txt"), "w") as f:
                 f.write(str(exc))
@@ -112,8 +112,8 @@ def two_ranks(tmp_path_factory):
 def _single_process_reference(tmp_path):
     model = make()
     options = OPTS.__class__(**{**OPTS.__dict__, "batch_size": WORLD_SIZE})
-    result = train(model, Data(), ExponentialWeightedCenterLoss(40), options, tmp_path, fingerprint="r",
-                   progress=False)
+    result = train(model, Data(), ExponentialWeightedCenterLoss(40), options, tmp_path,
+                   RunSettings(fingerprint="r", progress=False))
     return model, result
 
 
@@ -178,5 +178,5 @@ def test_bad_environment_is_reported(monkeypatch):
 
 def test_engine_refuses_world_size_without_a_group(tmp_path):
     with pytest.raises(ValueError, match=r"world_size=2 but no process group"):
-        train(make(), Data(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path, fingerprint="x", progress=False,
-              rank=0, world_size=2)
+        train(make(), Data(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path,
+              RunSettings(fingerprint="x", progress=False, rank=0, world_size=2))

@@ -11,7 +11,8 @@ from torch import nn
 
 from farnet.core import fastpath
 from farnet.config import load_params, params_from_dict
-from farnet.training.engine import TrainOptions, build_optimizer, train, train_step
+from farnet.training.engine import RunSettings, TrainOptions, train
+from farnet.training.steps import build_optimizer, train_step
 from farnet.core.errors import ConfigError
 from farnet.core.fastpath import FastPath, autocast, resolve, resolve_channels_last, resolve_precision
 from farnet.training.losses import ExponentialWeightedCenterLoss
@@ -106,7 +107,8 @@ def test_train_reports_the_resolved_fast_path(tmp_path):
     torch.manual_seed(0)
     model = Tiny()
     opts = TrainOptions(epochs=1, sigma_px=2.0, batch_size=2, precision="auto", channels_last="auto")
-    result = train(model, Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path, fingerprint="a", progress=False)
+    result = train(model, Data(), ExponentialWeightedCenterLoss(40), opts, tmp_path,
+                   RunSettings(fingerprint="a", progress=False))
     expected = resolve("auto", "auto", "cpu")
     assert result.fast_path == expected.describe()
     assert model.body[0].weight.is_contiguous(memory_format=expected.memory_format)

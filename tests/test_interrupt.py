@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from farnet.training.engine import TrainOptions, train
+from farnet.training.engine import RunSettings, TrainOptions, train
 from farnet.core.errors import TrainingInterrupted
 from farnet.training.interrupt import StopOnSignal, stop_requested
 from farnet.training.losses import ExponentialWeightedCenterLoss
@@ -89,7 +89,8 @@ OPTS = TrainOptions(epochs=3, sigma_px=2.0, lr=1e-2, lr_milestones=(2,), batch_s
 def run(out, data, seed=0):
     torch.manual_seed(seed)
     model = Tiny()
-    result = train(model, data, ExponentialWeightedCenterLoss(40), OPTS, out, fingerprint="f", progress=False)
+    result = train(model, data, ExponentialWeightedCenterLoss(40), OPTS, out,
+                   RunSettings(fingerprint="f", progress=False))
     return model, result
 
 
@@ -119,7 +120,7 @@ SCRIPT = textwrap.dedent('''
     import torch
 
     torch.set_num_threads(1)
-    from farnet.training.engine import TrainOptions, train
+    from farnet.training.engine import RunSettings, TrainOptions, train
     from farnet.core.errors import TrainingInterrupted
     from farnet.training.losses import ExponentialWeightedCenterLoss
     from farnet.models.interface import Heatmaps
@@ -155,8 +156,8 @@ SCRIPT = textwrap.dedent('''
     model = Tiny()
     options = TrainOptions(epochs=4, sigma_px=2.0, lr=1e-2, lr_milestones=(2,), batch_size=2, seed=7)
     try:
-        result = train(model, Data(delay_s), ExponentialWeightedCenterLoss(40), options, out, fingerprint="f",
-                       progress=False)
+        result = train(model, Data(delay_s), ExponentialWeightedCenterLoss(40), options, out,
+                       RunSettings(fingerprint="f", progress=False))
     except TrainingInterrupted as exc:
         print(exc, file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from farnet.models.backbone import Backbone
-from farnet.training.engine import heatmap_loss
+from farnet.training.steps import heatmap_loss
 from farnet.training.losses import ExponentialWeightedCenterLoss
 from farnet.models.interface import final_heatmaps
 from farnet.models.farnet import FARNet

@@ -1,15 +1,18 @@
-"""The step paths (farnet.training.steps): the deferred path trains exactly as the eager one, reading its losses later."""
+"""The step paths (farnet.training.steps): the deferred path trains exactly as the eager one, reading its losses
+later; make_stepper is the one set-up of a stepper and its optimiser."""
 
 import math
 
 import pytest
 import torch
 
-from farnet.training.engine import TrainOptions, train
 from farnet.core.errors import ConfigError, TrainingDiverged
 from farnet.core.fastpath import FastPath, device_constant
+from farnet.training.engine import RunSettings, train
 from farnet.training.losses import ExponentialWeightedCenterLoss
-from farnet.training.steps import STEP_PATHS, Stepper, build_optimizer, default_step_path, optimizer_settings
+from farnet.training.options import TrainOptions
+from farnet.training.steps import (STEP_PATHS, Stepper, build_optimizer, default_step_path, make_stepper,
+                                   optimizer_settings)
 from helpers import RandomLandmarks, TinyNet
 
 FP32 = FastPath("fp32", False)
@@ -79,6 +82,24 @@ def test_paths_are_checked_and_the_optimizer_takes_each_paths_options():
     assert optimizer_settings("graph", "adadelta", cuda) == {}
     with pytest.raises(ValueError, match="Adam only"):
         build_optimizer("adadelta", model.parameters(), 1.0, fused=True)
+    assert isinstance(build_optimizer("adadelta", model.parameters(), 1e-4), torch.optim.Adadelta)
+    with pytest.raises(ValueError, match="optimizer 'sgd' is not one of 'adam', 'adadelta'"):
+        build_optimizer("sgd", model.parameters(), 1e-4)
+
+
+def test_make_stepper_builds_the_paths_optimizer_and_loads_a_saved_state():
+    model = TinyNet()
+    loss = ExponentialWeightedCenterLoss(40)
+    first = make_stepper(model, loss, FP32, CPU, "deferred", optimizer="adam", lr=1e-2, sigma_px=2.0)
+    assert (first.path, first.sigma_px, first.model) == ("deferred", 2.0, model)
+    assert isinstance(first.optimizer, torch.optim.Adam) and first.optimizer.param_groups[0]["lr"] == 1e-2
+    first.step(*batches(1)[0])
+    saved = first.optimizer.state_dict()
+    again = make_stepper(model, loss, FP32, CPU, "eager", optimizer="adam", lr=1e-2, sigma_px=2.0,
+                         optimizer_state=saved)
+    torch.testing.assert_close(again.optimizer.state_dict()["state"], saved["state"], rtol=0, atol=0)
+    adadelta = make_stepper(model, loss, FP32, CPU, optimizer="adadelta", lr=1.0, sigma_px=2.0)
+    assert isinstance(adadelta.optimizer, torch.optim.Adadelta) and adadelta.path == "eager"
 
 
 def test_a_checkpoints_optimizer_options_give_way_to_the_paths():
@@ -113,9 +134,9 @@ def test_the_engine_on_the_deferred_path_logs_and_trains_as_on_the_eager_one(tmp
         torch.manual_seed(0)
         model = TinyNet(batch_norm=True)
         logged = []
-        result = train(model, RandomLandmarks(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path / path,
-                       fingerprint="f", progress=False, log=lambda s, v: logged.append((s, v)), step_path=path,
-                       read_every=5)
+        settings = RunSettings(fingerprint="f", progress=False, log=lambda s, v: logged.append((s, v)),
+                               step_path=path, read_every=5)
+        result = train(model, RandomLandmarks(), ExponentialWeightedCenterLoss(40), OPTS, tmp_path / path, settings)
         runs[path] = model, logged, result
     (eager, eager_log, eager_result), (deferred, deferred_log, deferred_result) = runs["eager"], runs["deferred"]
     assert deferred_result.step_path == "deferred" and eager_result.step_path == "eager"
@@ -142,8 +163,8 @@ def test_a_bad_loss_on_the_deferred_path_stops_at_the_next_read(tmp_path):
     # 3 steps an epoch, read at each epoch's end and every 5 steps: the read after global step 5 sees steps 4-5
     options = TrainOptions(epochs=3, sigma_px=2.0, lr=1e-2, batch_size=2, seed=7)
     with pytest.raises(TrainingDiverged, match=r"at epoch 2, one of steps 1\.\.2"):
-        train(TinyNet(), RandomLandmarks(), Exploding(40), options, tmp_path, fingerprint="f", progress=False,
-              step_path="deferred", read_every=5)
+        train(TinyNet(), RandomLandmarks(), Exploding(40), options, tmp_path,
+              RunSettings(fingerprint="f", progress=False, step_path="deferred", read_every=5))
 
 
 def test_the_train_stage_steps_on_the_path_the_environment_names(monkeypatch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,10 @@ from farnet.data.registry import get_dataset
 from farnet.data.torch_dataset import LandmarkDataset
 from farnet.data.views import SplitView, load_split
 from farnet.models.interface import IMAGENET_MEAN, IMAGENET_STD
-from farnet.training.engine import TrainBudget, TrainOptions, TrainResult, resumable_point, train
+from farnet.training.budget import TrainBudget
+from farnet.training.engine import RunSettings, steps_per_epoch, train
+from farnet.training.options import TrainOptions, TrainResult
+from farnet.training.resume import resumable_point
 from farnet.evaluation.loop import evaluate_split, predict_landmarks
 from farnet.core.fileio import write_json
 from farnet.training.losses import build_loss
@@ -96,32 +98,24 @@ def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pa
     model = build_model(params.model, num_landmarks)
     t = params.train
     options = TrainOptions.from_params(params)
-    validate = None
-    if params.eval.select == "best_test1":
-        val = load_split(prepared, "test1", params.input_hw)
-
-        def validate(net):  # the paper's practice: Test1 MRE picks the epoch
-            pred = predict_landmarks(net, val.images, batch_size=params.eval.batch_size, device=device,
-                                     precision=t.precision, decoders=("argmax",), progress=False)
-            return evaluate_split(pred, val, params.eval.sdr_radii_mm, spec.unit)[0]["argmax"]["mre_mm"]
-
+    validate = _validator(params, spec, prepared, device)
     monitor = _monitor(params, spec, prepared, device) if t.monitor_every else None
     fp = fingerprint(params, view, budget)
     state_dir = model_dir / "state"
     if rank == 0:  # the one process that writes checkpoints: a SIGKILLed save's temporaries go
         remove_stale_temporaries(state_dir)
     epochs_done, steps_done = resumable_point(state_dir, fp)
-    steps_per_epoch = math.ceil(math.ceil(len(dataset) / world_size) / t.batch_size)  # the engine's loader's length
-    resumed_at = epochs_done * steps_per_epoch + steps_done
+    per_epoch = steps_per_epoch(len(dataset), t.batch_size, world_size)
+    resumed_at = epochs_done * per_epoch + steps_done
     live = _live(log_dir, resumed_at) if log_dir is not None and rank == 0 else None
     log = _logger(live, extra_log if rank == 0 else None)
     model_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    end = _RunEnd(params, model, view, model_dir, device, world_size, started, steps_per_epoch, rank)
+    end = _RunEnd(params, model, view, model_dir, device, world_size, started, per_epoch, rank)
     try:
-        result = train(model, dataset, build_loss(params.loss), options, state_dir, fingerprint=fp,
-                       device=device, log=log, validate=validate, monitor=monitor, progress=progress, rank=rank,
-                       world_size=world_size, budget=budget, step_path=step_path)
+        settings = RunSettings(fingerprint=fp, device=device, rank=rank, world_size=world_size, step_path=step_path,
+                               budget=budget, progress=progress, log=log, validate=validate, monitor=monitor)
+        result = train(model, dataset, build_loss(params.loss), options, state_dir, settings)
     except TrainingInterrupted as exc:  # the weights reached are a usable model; the state stays for a resume
         if exc.result is not None:
             end.save(exc.result, keep_state=True)
@@ -239,6 +233,21 @@ def _default_spacing(view: SplitView) -> float | None:
     """One spacing for the whole dataset when all its images share it (ISBI: 0.1 mm), else None."""
     spacing = np.unique(view.spacing_mm[np.isfinite(view.spacing_mm)])
     return float(spacing[0]) if spacing.size == 1 and np.all(np.isfinite(view.spacing_mm)) else None
+
+
+def _validator(params: Params, spec, prepared: Path, device: torch.device):
+    """The score that picks the epoch under ``eval.select: best_test1`` (the paper's practice): Test1 MRE. None
+    under the default selection (the last epoch)."""
+    if params.eval.select != "best_test1":
+        return None
+    val = load_split(prepared, "test1", params.input_hw)
+
+    def validate(net) -> float:
+        pred = predict_landmarks(net, val.images, batch_size=params.eval.batch_size, device=device,
+                                 precision=params.train.precision, decoders=("argmax",), progress=False)
+        return evaluate_split(pred, val, params.eval.sdr_radii_mm, spec.unit)[0]["argmax"]["mre_mm"]
+
+    return validate
 
 
 def _monitor(params: Params, spec, prepared: Path, device: torch.device):

@@ -7,8 +7,8 @@ code path serves one GPU, many GPUs and many nodes (docs/design.md §6, scale-ou
 
     rank, world_size, device = distributed.init_from_env()
     try:
-        train(model, dataset, loss_fn, options, out_dir, fingerprint=fp, device=device,
-              rank=rank, world_size=world_size)   # the engine wraps the model in DDP itself
+        train(model, dataset, loss_fn, options, out_dir, RunSettings(fingerprint=fp, device=device,
+              rank=rank, world_size=world_size))   # the engine wraps the model in DDP itself
     finally:
         distributed.cleanup()
 

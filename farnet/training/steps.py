@@ -38,7 +38,7 @@ from farnet.evaluation.heatmaps import encode_heatmaps, scale_points
 from farnet.models.interface import Heatmaps, normalize
 
 __all__ = ["STEP_PATHS", "Stepper", "build_optimizer", "default_step_path", "heatmap_loss", "loss_terms",
-           "train_step"]
+           "make_stepper", "optimizer_settings", "train_step"]
 
 STEP_PATHS = ("eager", "deferred", "graph", "compile")
 
@@ -114,7 +114,8 @@ def heatmap_loss(out: Heatmaps, points_xy: torch.Tensor, input_hw: tuple[int, in
 
 
 def train_step(model: nn.Module, images: torch.Tensor, points: torch.Tensor, optimizer: torch.optim.Optimizer,
-               loss_fn: nn.Module, sigma_px: float, fast: FastPath, world_size: int = 1) -> tuple[float, dict[str, float]]:
+               loss_fn: nn.Module, sigma_px: float, fast: FastPath,
+               world_size: int = 1) -> tuple[float, dict[str, float]]:
     """One optimisation step on a batch already on the device: the eager path, with a host read of the loss.
 
     Args:
@@ -148,13 +149,33 @@ def optimizer_settings(path: str, name: str, device: torch.device) -> dict[str, 
     return {"fused": True, **({"capturable": True} if path == "graph" else {})}
 
 
+def make_stepper(model: nn.Module, loss_fn: nn.Module, fast: FastPath, device: torch.device, path: str = "eager", *,
+                 optimizer: str, lr: float, sigma_px: float, world_size: int = 1,
+                 optimizer_state: dict | None = None) -> Stepper:
+    """A :class:`Stepper` on ``path`` with its own optimiser: the engine's, ``farnet bench``'s and the side-by-side
+    runs' one set-up.
+
+    Args:
+        model: in training mode on ``device``, in ``fast``'s memory format (a DDP wrapper on the eager path).
+        optimizer: "adam" or "adadelta" (:func:`build_optimizer`), over ``model``'s parameters at ``lr``, with the
+            options ``path`` wants (:func:`optimizer_settings`).
+        optimizer_state: a resumed run's saved optimiser state, loaded before the stepper sets its path's
+            options again.
+    """
+    built = build_optimizer(optimizer, model.parameters(), lr, **optimizer_settings(path, optimizer, device))
+    if optimizer_state is not None:
+        built.load_state_dict(optimizer_state)
+    return Stepper(model, built, loss_fn, sigma_px, fast, device, path, world_size=world_size)
+
+
 class Stepper:
     """Training steps on one path (``STEP_PATHS``, module text); the losses are kept until :meth:`read`.
 
     Args:
         model: in training mode on ``device``, in ``fast``'s memory format (a DDP wrapper on the eager path).
-        optimizer: built by :func:`build_optimizer` with :func:`optimizer_settings` for this path; after a
-            checkpoint is loaded into it (which brings back the saved run's options) the stepper sets them again.
+        optimizer: built by :func:`build_optimizer` with :func:`optimizer_settings` for this path (as
+            :func:`make_stepper` builds it); after a checkpoint is loaded into it (which brings back the saved
+            run's options) the stepper sets them again.
         path: one of ``STEP_PATHS``; ``graph`` needs CUDA, every path but ``eager`` one process.
         warmup_steps: (graph) steps run on a side stream before the capture; they are real steps.
     """

@@ -2,9 +2,10 @@
 FLOPs and the data path.
 
 Every timing is the median of ``repeats`` runs after ``warmup`` untimed ones, with the device synchronised before
-each clock reading. The training step is :func:`farnet.training.engine.train_step` (normalisation, forward, targets, EWC
-loss over both heads, backward, Adam) and inference is :func:`farnet.evaluation.loop.predict_landmarks` (upload,
-forward, argmax decoding, download): the code that training and evaluation run, not a copy of it.
+each clock reading. The training step is the engine's :class:`farnet.training.steps.Stepper` (normalisation,
+forward, targets, EWC loss over both heads, backward, Adam) and inference is
+:func:`farnet.evaluation.loop.predict_landmarks` (upload, forward, argmax decoding, download): the code that
+training and evaluation run, not a copy of it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from farnet.config import LossParams, ModelParams
 from farnet.training.engine import TrainOptions, make_loader
-from farnet.training.steps import Stepper, build_optimizer, optimizer_settings
+from farnet.training.steps import make_stepper
 from farnet.core.fastpath import FastPath, autocast, resolve
 
 
@@ -93,8 +94,8 @@ def path_train_step(model, fast: FastPath, spec: dict, batch: int, path: str) ->
 
     device = torch.device(spec["device"])
     images, points = make_inputs(spec, batch, device)
-    optimizer = build_optimizer("adam", model.parameters(), 1e-4, **optimizer_settings(path, "adam", device))
-    stepper = Stepper(model.train(), optimizer, build_loss(LossParams()), bench_sigma_px(spec), fast, device, path)
+    stepper = make_stepper(model.train(), build_loss(LossParams()), fast, device, path, optimizer="adam", lr=1e-4,
+                           sigma_px=bench_sigma_px(spec))
 
     def step() -> None:
         stepper.step(images, points)

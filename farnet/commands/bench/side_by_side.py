@@ -198,7 +198,7 @@ def _worker(job: dict) -> None:
     from farnet.core.fastpath import resolve, tune_backends
     from farnet.training.losses import build_loss
     from farnet.commands.protocol import replication_params
-    from farnet.training.steps import Stepper, build_optimizer, optimizer_settings
+    from farnet.training.steps import make_stepper
 
     device = torch.device(job["device"])
     params, _ = replication_params(job["params"], job["run"], tuple(job["carry_hw"]),
@@ -209,9 +209,8 @@ def _worker(job: dict) -> None:
     dataset = LandmarkDataset(view.images, view.landmarks, augment=params.dataset.augment, seed=params.seed)
     model = _fresh_model(params, view.landmarks.shape[1], device, fast).train()
     options = TrainOptions.from_params(params)
-    optimizer = build_optimizer(options.optimizer, model.parameters(), options.lr,
-                                **optimizer_settings(job["path"], options.optimizer, device))
-    stepper = Stepper(model, optimizer, build_loss(params.loss), options.sigma_px, fast, device, job["path"])
+    stepper = make_stepper(model, build_loss(params.loss), fast, device, job["path"], optimizer=options.optimizer,
+                           lr=options.lr, sigma_px=options.sigma_px)
     loader, _ = make_loader(dataset, options, device)
 
     def batches():
