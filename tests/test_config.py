@@ -321,3 +321,14 @@ def test_misused_run_defaults_name_the_key(defaults, match):
            "profiles": {"p": {"run_defaults": defaults}}}
     with pytest.raises(ConfigError, match=match):
         params_from_dict(raw)
+
+
+def test_a_run_only_a_profile_defines_is_refused():
+    """dvc.yaml makes one stage per top-level run: a run that only a profile names would never train."""
+    raw = {"profile": "q", "runs": {"a": {"dataset": "isbi2015"}},
+           "profiles": {"q": {"runs": {"a": {"train": {"epochs": 2}}, "extra": {"dataset": "isbi2015"}}}}}
+    with pytest.raises(ConfigError, match=r"profiles\.q\.runs\.extra: run 'extra' is not defined under the top-level "
+                                          r"runs, so it has no DVC stage"):
+        params_from_dict(raw)
+    del raw["profiles"]["q"]["runs"]["extra"]
+    assert params_from_dict(raw, "a").train.epochs == 2

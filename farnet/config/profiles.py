@@ -56,10 +56,24 @@ def apply_profile(raw: dict[str, Any], profiles: dict[str, Any], profile: Any) -
     over it, each profile's ``run_defaults`` folded into its runs first."""
     for name, overrides in profile_chain(profiles, profile):
         where = f"profiles.{name}"
+        _refuse_new_runs(overrides.get("runs"), raw.get("runs"), where)
         if "run_defaults" in overrides:
             overrides = _with_run_defaults(overrides, raw.get("runs"), where)
         raw = merge(raw, overrides, where)
     return raw
+
+
+def _refuse_new_runs(own: Any, base_runs: Any, where: str) -> None:
+    """ConfigError for a run a profile names that the top-level ``runs`` does not define: dvc.yaml makes one
+    train and evaluate stage per top-level run (``foreach: ${runs}``), so such a run would never train."""
+    if not isinstance(own, dict):
+        return  # named by the merge
+    defined = base_runs if isinstance(base_runs, dict) else {}
+    for run in own:
+        if run not in defined:
+            raise ConfigError(f"{where}.runs.{run}: run {run!r} is not defined under the top-level runs, so it has no "
+                              "DVC stage and would never train (dvc.yaml: foreach ${runs}); define it under runs "
+                              "and override it here")
 
 
 def merge(base: dict, override: Any, where: str) -> dict:
