@@ -1,6 +1,6 @@
-"""``farnet replicate`` at a tiny size on the CPU: the command a lent GPU runs, dry-run from a carry the test builds,
-in a process where dvc and dvclive cannot be imported and the package is found through PYTHONPATH alone; and the
-train stage's ends (a signal, a budget) that it relies on."""
+"""``farnet replicate`` at a tiny size on the CPU: the command a GPU node or cloud box without DVC runs, dry-run from a
+carry the test builds, in a process where dvc and dvclive cannot be imported and the package is found through
+PYTHONPATH alone; and the train stage's ends (a signal, a budget) that it relies on."""
 
 from __future__ import annotations
 

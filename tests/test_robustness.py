@@ -19,7 +19,7 @@ from farnet.core.fileio import write_json
 from farnet.data.download import fetch_isbi2015
 from farnet.data.imageio import read_grayscale, read_image_with_spacing
 from farnet.data.isbi import read_annotation, read_isbi2015
-from farnet.training.engine import TrainOptions, train
+from farnet.training.engine import RunSettings, TrainOptions, train
 from farnet.core.errors import DataError, FarnetError, WriteError
 from farnet.models.interface import Heatmaps
 from farnet.training.losses import ExponentialWeightedCenterLoss
@@ -205,14 +205,15 @@ def test_disk_full_during_training_keeps_the_last_good_checkpoint(tmp_path, monk
 
     options = TrainOptions(epochs=3, sigma_px=2.0, batch_size=7, seed=1)
     train(Tiny(), Data(), ExponentialWeightedCenterLoss(40), TrainOptions(**{**options.__dict__, "epochs": 1}),
-          tmp_path, fingerprint="f", progress=False)
+          tmp_path, RunSettings(fingerprint="f", progress=False))
     good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     import farnet.core.checkpoint
 
     real_save = torch.save
     monkeypatch.setattr(farnet.core.checkpoint.torch, "save", lambda obj, fh: (real_save(obj, io.BytesIO()), enospc()))
     with pytest.raises(WriteError, match=r"checkpoint\.pt: cannot write"):
-        train(Tiny(), Data(), ExponentialWeightedCenterLoss(40), options, tmp_path, fingerprint="f", progress=False)
+        train(Tiny(), Data(), ExponentialWeightedCenterLoss(40), options, tmp_path,
+              RunSettings(fingerprint="f", progress=False))
     monkeypatch.undo()
     kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert kept["epoch"] == good["epoch"] == 1

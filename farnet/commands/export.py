@@ -21,6 +21,8 @@ import importlib.util
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,52 +63,76 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
         ExportError: the export failed or ONNX Runtime's heatmaps differ from PyTorch's.
         WriteError: ``out`` could not be written; nothing is left behind.
     """
-    import onnx
+    import onnx  # noqa: F401  (without it, fail before the checkpoint is loaded)
 
     trained = load_trained_model(checkpoint, device="cpu")
     out = Path(out)
     net = HeatmapNetwork(trained.model).eval()  # fp32, NCHW: what ONNX Runtime reproduces
     h, w = trained.input_hw
     example = torch.randint(0, 256, (2, 1, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    with _scratch_folder(out) as workdir:
+        try:
+            final = _write_model(trained, net, example, workdir, opset)
+            parity = None
+            if check and importlib.util.find_spec("onnxruntime") is not None:
+                parity = onnx_parity(net, final, example)
+                if not parity["ok"]:
+                    raise ExportError(f"{trained.path}: ONNX Runtime's heatmaps differ from PyTorch's by up to "
+                                      f"{parity['max_abs_diff']:.3g} (allowed {parity['tolerance']:.3g}); "
+                                      f"{out} not written")
+            os.replace(final, out)
+        except OSError as err:
+            raise WriteError(out, f"cannot write: {err}") from err
+    return {"path": out, "parity": parity}
+
+
+@contextmanager
+def _scratch_folder(out: Path) -> Iterator[Path]:
+    """A hidden folder beside ``out`` for the files on the way to it, removed with what is left in it."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        workdir = tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)
+        workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as err:
         raise WriteError(out, f"cannot write: {err}") from err
     try:
-        raw = Path(workdir) / "raw.onnx"
-        try:
-            with torch.no_grad():
-                torch.onnx.export(net, (example,), raw, dynamo=True, opset_version=opset, input_names=["image"],
-                                  output_names=["heatmaps"], external_data=False,
-                                  dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}})
-        except OSError:
-            raise  # a write failure: reported as WriteError below
-        except Exception as err:  # the exporter raises many types for unsupported graphs
-            raise ExportError(f"{trained.path}: torch.onnx.export failed: {type(err).__name__}: {err}") from err
-        model = onnx.load(raw)
-        set_metadata(model, onnx_metadata(trained, opset))
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as err:
-            raise ExportError(f"{trained.path}: the exported ONNX model is invalid: {err}") from err
-        final = Path(workdir) / "model.onnx"
-        onnx.save(model, final)
-        parity = None
-        if check and importlib.util.find_spec("onnxruntime") is not None:
-            parity = onnx_parity(net, final, example)
-            if not parity["ok"]:
-                raise ExportError(f"{trained.path}: ONNX Runtime's heatmaps differ from PyTorch's by up to "
-                                  f"{parity['max_abs_diff']:.3g} (allowed {parity['tolerance']:.3g}); "
-                                  f"{out} not written")
-        os.replace(final, out)
-    except OSError as err:
-        raise WriteError(out, f"cannot write: {err}") from err
+        yield workdir
     finally:
-        for leftover in Path(workdir).glob("*"):
+        for leftover in workdir.glob("*"):
             leftover.unlink(missing_ok=True)
-        Path(workdir).rmdir()
-    return {"path": out, "parity": parity}
+        workdir.rmdir()
+
+
+def _write_model(trained: TrainedModel, net: nn.Module, example: torch.Tensor, workdir: Path, opset: int) -> Path:
+    """Export ``net`` on ``example`` into ``workdir``, add the metadata and validate it.
+
+    Returns:
+        The finished ONNX file, ``workdir/model.onnx``.
+
+    Raises:
+        ExportError: the exporter failed or the model it made is invalid.
+        OSError: a file could not be written.
+    """
+    import onnx
+
+    raw = workdir / "raw.onnx"
+    try:
+        with torch.no_grad():
+            torch.onnx.export(net, (example,), raw, dynamo=True, opset_version=opset, input_names=["image"],
+                              output_names=["heatmaps"], external_data=False,
+                              dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}})
+    except OSError:
+        raise  # a write failure: reported as WriteError by the caller
+    except Exception as err:  # the exporter raises many types for unsupported graphs
+        raise ExportError(f"{trained.path}: torch.onnx.export failed: {type(err).__name__}: {err}") from err
+    model = onnx.load(raw)
+    set_metadata(model, onnx_metadata(trained, opset))
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"{trained.path}: the exported ONNX model is invalid: {err}") from err
+    final = workdir / "model.onnx"
+    onnx.save(model, final)
+    return final
 
 
 def onnx_metadata(trained: TrainedModel, opset: int) -> dict:

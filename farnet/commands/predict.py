@@ -47,7 +47,7 @@ from farnet.data.imageio import map_points, read_image_with_spacing, resize_gray
 from farnet.data.registry import DATASETS
 from farnet.core.errors import ConfigError, DataError, FarnetError, WriteError
 from farnet.core.fastpath import default_device, parse_device
-from farnet.evaluation.heatmaps import DECODERS
+from farnet.evaluation.loop import locate_batch
 from farnet.models.interface import HeatmapNetwork
 from farnet.models.trained import TrainedModel, load_trained_model
 
@@ -129,20 +129,6 @@ def confidence_warning(confidence: np.ndarray, names: Sequence[str], min_confide
             f"({shown}); the network found little it recognises in this image: check the image and the model")
 
 
-@torch.no_grad()
-def locate(network: HeatmapNetwork, inputs: np.ndarray, device: str | torch.device,
-           decode: str = "argmax") -> tuple[np.ndarray, np.ndarray]:
-    """Landmarks and their heatmap maxima for (B, H_in, W_in) uint8 images at the input resolution.
-
-    Returns:
-        (B, K, 2) float64 (x, y) in input pixels, decoded by ``decode``, and (B, K) float64 heatmap maxima.
-    """
-    heatmaps = network(torch.from_numpy(inputs).unsqueeze(1).to(device))  # (B, K, H_in, W_in) fp32
-    points = DECODERS[decode](heatmaps)  # (B, K, 2)
-    peaks = heatmaps.flatten(2).amax(dim=-1)  # (B, K)
-    return points.cpu().numpy().astype(np.float64), peaks.cpu().numpy().astype(np.float64)
-
-
 def predict_images(trained: TrainedModel, paths: Sequence[str | Path], *, batch_size: int = 4,
                    device: str | torch.device = "cpu", spacing_mm: float | None = None, decode: str = "argmax",
                    progress: bool = True, errors: list | None = None,
@@ -178,8 +164,8 @@ def predict_images(trained: TrainedModel, paths: Sequence[str | Path], *, batch_
             if not batch:
                 continue
             inputs = np.stack([resize_grayscale(image, (h_in, w_in)) for _, image, _ in batch])  # (B, H_in, W_in)
-            pred_in, peaks = locate(network, inputs, device, decode)  # (B, K, 2) input pixels, (B, K)
-            for (path, image, header_mm), points, confidence in zip(batch, pred_in, peaks):
+            pred_in, peaks = locate_batch(network, inputs, device, (decode,), peaks=True)  # (B, K, 2), (B, K)
+            for (path, image, header_mm), points, confidence in zip(batch, pred_in[decode], peaks):
                 wh = (image.shape[1], image.shape[0])
                 points_px = map_points(points, (w_in, h_in), wh)  # x = (x_in + 0.5)·W/W_in − 0.5
                 spacing, source, warning = resolve_spacing(header_mm, spacing_mm, trained.meta, wh)

@@ -39,8 +39,25 @@ def replication_params(params_path: str | Path, run_name: str, carry_hw: tuple[i
         params = params_from_dict(raw, run_name)
     except ConfigError as exc:
         raise ConfigError(f"{params_path}: {exc}") from None
-    # one checkpoint, at the end: a folder that cannot come back from a lent machine need not hold 30 of them
+    # one checkpoint, at the end: a run on a GPU node or cloud box keeps its model and results, not 30 checkpoints
     return replace(params, train=replace(params.train, checkpoint_every=params.train.epochs)), paper_hw
+
+
+def carry_params(carry: Path, info: dict, params_path: str | Path, run_name: str, input_hw: tuple[int, int] | None,
+                 num_workers: int | None = None) -> tuple[Params, tuple[int, int]]:
+    """:func:`replication_params` for a carry described by ``info`` (its ``carry.json``), with ``num_workers``
+    data-loading processes when given (else the file's).
+
+    Raises:
+        ConfigError: as :func:`replication_params`, or naming ``carry`` when it holds another dataset than the run
+            trains on.
+    """
+    params, paper_hw = replication_params(params_path, run_name, tuple(info["input_hw"]), input_hw)
+    if info["dataset"] != params.data.dataset:
+        raise ConfigError(f"{carry}: holds {info['dataset']}, but run {run_name!r} trains on {params.data.dataset}")
+    if num_workers is not None:
+        params = replace(params, train=replace(params.train, num_workers=num_workers))
+    return params, paper_hw
 
 
 def input_gap(input_hw: tuple[int, int], paper_hw: tuple[int, int]) -> list[str]:

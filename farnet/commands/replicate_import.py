@@ -1,4 +1,4 @@
-"""``farnet replicate-import <folder>``: a ``farnet replicate`` folder brought home.
+"""``farnet replicate-import <folder>``: a ``farnet replicate`` folder, copied back from the GPU node or cloud box.
 
 It checks the folder (:func:`farnet.report.gpu.read_gpu_run`, and that it is Table 3's protocol), copies its
 files into ``results/gpu/`` (the run's record, train info, metrics, per-landmark errors, predictions, benchmark,
@@ -60,10 +60,8 @@ def import_gpu_run(source: str | Path, results: str | Path) -> list[Path]:
     return written
 
 
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, help="the folder `farnet replicate --out` wrote, as it came back")
+    parser.add_argument("folder", type=Path, help="the folder `farnet replicate --out` wrote, copied back as it is")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="the results folder to import into (default: results)")
 

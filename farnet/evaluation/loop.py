@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from farnet.evaluation.heatmaps import DECODERS, decode_guided
-from farnet.models.interface import HeatmapNetwork, final_heatmaps
+from farnet.models.interface import HeatmapNetwork, Heatmaps, final_heatmaps
 from farnet.evaluation.metrics import OUTLIER_MM, per_landmark, radial_error_mm, summarize
 
 
@@ -28,9 +28,7 @@ def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int =
                       desc: str = "predict", guided_radius_px: int = 30) -> dict[str, np.ndarray]:
     """Landmarks of (N, H, W) uint8 images at input resolution, one (N, K, 2) array per decoder.
 
-    Decoders: those of :data:`farnet.evaluation.heatmaps.DECODERS` on the final heatmaps, and "guided" (the fine head's
-    argmax within ``guided_radius_px`` of the coarse head's peak, :func:`farnet.evaluation.heatmaps.decode_guided`; plain
-    argmax for a network with one head).
+    Decoders: as :func:`locate_batch`, ``batch_size`` images per forward pass.
     """
     device = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -39,17 +37,49 @@ def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int =
     out: dict[str, list[np.ndarray]] = {name: [] for name in decoders}
     n = images.shape[0]
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-        batch = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1)  # copy out of the mmap
-        heads = network.heads(batch.to(device))
-        heatmaps = final_heatmaps(heads, tuple(batch.shape[-2:]))  # (B, K, H, W) fp32
+        points, _ = locate_batch(network, images[start:start + batch_size], device, decoders,
+                                 guided_radius_px=guided_radius_px)
         for name in decoders:
-            if name == "guided":
-                both = heads.fine is not None and heads.coarse is not None
-                coords = decode_guided(heads.fine, heads.coarse, guided_radius_px) if both else DECODERS["argmax"](heatmaps)
-            else:
-                coords = DECODERS[name](heatmaps)
-            out[name].append(coords.cpu().numpy())
-    return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}
+            out[name].append(points[name])
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+@torch.no_grad()
+def locate_batch(network: HeatmapNetwork, images: np.ndarray, device: str | torch.device,
+                 decoders: Sequence[str] = ("argmax",), *, guided_radius_px: int = 30,
+                 peaks: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """One batch through the network: upload, forward, decode, download.
+
+    The one place a batch is decoded, for the evaluation (:func:`predict_landmarks`) and ``farnet predict``.
+    Decoders: those of :data:`farnet.evaluation.heatmaps.DECODERS` on the final heatmaps, and "guided" (the fine
+    head's argmax within ``guided_radius_px`` of the coarse head's peak,
+    :func:`farnet.evaluation.heatmaps.decode_guided`; plain argmax for a network with one head).
+
+    Args:
+        network: the model with its input normalisation, already on ``device`` and in eval mode.
+        images: (B, H, W) uint8 at the network's input size (a memory-mapped slice is copied out first).
+        peaks: also return each landmark's heatmap maximum.
+
+    Returns:
+        Decoder name -> (B, K, 2) float64 (x, y) in input pixels, and the (B, K) float64 heatmap maxima (None
+        unless ``peaks``).
+    """
+    batch = torch.from_numpy(np.array(images)).unsqueeze(1)  # (B, 1, H, W), copied out of the mmap
+    heads = network.heads(batch.to(device))
+    heatmaps = final_heatmaps(heads, tuple(batch.shape[-2:]))  # (B, K, H, W) fp32
+    points = {name: _decode(name, heads, heatmaps, guided_radius_px).cpu().numpy().astype(np.float64)
+              for name in decoders}
+    maxima = heatmaps.flatten(2).amax(dim=-1).cpu().numpy().astype(np.float64) if peaks else None  # (B, K)
+    return points, maxima
+
+
+def _decode(name: str, heads: Heatmaps, heatmaps: torch.Tensor, guided_radius_px: int) -> torch.Tensor:
+    """(B, K, 2) landmarks by one decoder, as :func:`locate_batch` lists them."""
+    if name != "guided":
+        return DECODERS[name](heatmaps)
+    if heads.fine is not None and heads.coarse is not None:
+        return decode_guided(heads.fine, heads.coarse, guided_radius_px)
+    return DECODERS["argmax"](heatmaps)
 
 
 def evaluate_split(pred_input: dict[str, np.ndarray], view, radii_mm: Sequence[float], unit: str = "mm",

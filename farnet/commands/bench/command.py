@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,14 +13,15 @@ import torch
 from farnet.core import provenance
 from farnet.core.allocator import malloc_setting
 from farnet.commands.bench.compiled import graphed_inference, graphed_train_step, run_compiled
-from farnet.commands.bench.measure import (BenchPath, bench_paths, count_flops, describe, eager_inference, eager_train_step,
-                                  make_model, measure_conv_peak, measure_data, memory_kind, path_settings,
-                                  profile_step, release, timed)
-from farnet.commands.bench.summary import (AUTHORS_CPU_INFERENCE_S, AUTHORS_CPU_ISA, AUTHORS_CPU_TRAIN_STEP_S, AUTHORS_FORWARD_GFLOP,
-                                 AUTHORS_REFERENCE, AUTHORS_STEP_GFLOP, SCHEMA_VERSION, add_ratios, cpu_isa, device_name,
-                                 device_peak, device_slug, markdown_table, write_report)
+from farnet.commands.bench.measure import (BenchPath, bench_paths, count_flops, describe, eager_inference,
+                                           eager_train_step, make_model, measure_conv_peak, measure_data,
+                                           memory_kind, path_settings, profile_step, release, timed)
+from farnet.commands.bench.summary import (AUTHORS_CPU_INFERENCE_S, AUTHORS_CPU_ISA, AUTHORS_CPU_TRAIN_STEP_S,
+                                           AUTHORS_FORWARD_GFLOP, AUTHORS_REFERENCE, AUTHORS_STEP_GFLOP,
+                                           SCHEMA_VERSION, add_ratios, cpu_isa, device_name, device_peak,
+                                           device_slug, markdown_table, write_report)
 from farnet.core.errors import ConfigError
-from farnet.core.fastpath import bf16_native, default_device, resolve, tune_backends
+from farnet.core.fastpath import FastPath, bf16_native, default_device, resolve, tune_backends
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +55,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = bench_settings(args)
+    out = args.out or Path("results/benchmarks") / f"{device_slug(settings.device)}.json"
+    report = run_benchmark(settings, log=lambda message: print(message, flush=True),
+                           save=lambda partial: write_report(partial, markdown_table(partial), out))
+    print(markdown_table(report))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What ``farnet bench`` measures and how (the options of :func:`add_arguments`)."""
+
+    device: torch.device
+    size_hw: tuple[int, int]
+    batches: tuple[int, ...]
+    warmup: int  # untimed runs before each measurement
+    repeats: int  # timed runs per measurement, the median reported
+    backbone: str = "densenet121"
+    num_landmarks: int = 19
+    paths: list[BenchPath | tuple[str, str]] | None = None  # (name, reason): skipped; None: every path here
+    cache: Path | None = None  # a prepared cache: time the data path on it
+    data_steps: int = 30
+    num_workers: int = 0
+    compile_timeout_s: float = 1200.0
+    peak_tflops: float | None = None  # bf16 peak in TFLOP/s (None: measured in the same run)
+    quick: bool = False
+    profile: bool = False
+
+    def spec(self) -> dict:
+        """The settings the measurements read (and the report keeps), as a plain dict for child processes."""
+        return {"device": str(self.device), "size_hw": list(self.size_hw), "batches": list(self.batches),
+                "warmup": self.warmup, "repeats": self.repeats, "backbone": self.backbone,
+                "num_landmarks": self.num_landmarks, "threads": torch.get_num_threads(), "profile": self.profile}
+
+
+def bench_settings(args: argparse.Namespace) -> BenchSettings:
+    """The settings the options ask for, with each default for the device and ``--quick``.
+
+    Raises:
+        ConfigError: a size, count or path name the benchmark cannot take.
+    """
     device = torch.device(args.device) if args.device else default_device()
     size_hw = tuple(args.size) if args.size else ((160, 128) if args.quick else (800, 640))
     if any(v <= 0 or v % 32 for v in size_hw):
@@ -64,17 +108,11 @@ def run(args: argparse.Namespace) -> int:
     if warmup < 0 or repeats < 1 or any(b < 1 for b in batches):
         raise ConfigError("--warmup must be >= 0, --repeats and --batches >= 1")
     paths = select_paths(bench_paths(device), args.paths, quick=args.quick, bf16_native=bf16_native(device))
-    out = args.out or Path("results/benchmarks") / f"{device_slug(device)}.json"
-    report = run_benchmark(device=device, size_hw=size_hw, batches=sorted(set(batches)), warmup=warmup,
-                           repeats=repeats, backbone=args.backbone, num_landmarks=args.num_landmarks, paths=paths,
-                           cache=args.cache, data_steps=args.data_steps, num_workers=args.num_workers,
-                           compile_timeout_s=args.compile_timeout, peak_tflops=args.peak_tflops, quick=args.quick,
-                           profile=args.profile,
-                           log=lambda message: print(message, flush=True),
-                           save=lambda partial: write_report(partial, markdown_table(partial), out))
-    print(markdown_table(report))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
+    return BenchSettings(device=device, size_hw=size_hw, batches=tuple(sorted(set(batches))), warmup=warmup,
+                         repeats=repeats, backbone=args.backbone, num_landmarks=args.num_landmarks, paths=paths,
+                         cache=args.cache, data_steps=args.data_steps, num_workers=args.num_workers,
+                         compile_timeout_s=args.compile_timeout, peak_tflops=args.peak_tflops, quick=args.quick,
+                         profile=args.profile)
 
 
 def select_paths(paths: list[BenchPath], wanted: list[str] | None, quick: bool,
@@ -106,30 +144,50 @@ def select_paths(paths: list[BenchPath], wanted: list[str] | None, quick: bool,
     return chosen
 
 
-def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: list[int], warmup: int, repeats: int,
-                  backbone: str = "densenet121", num_landmarks: int = 19,
-                  paths: list[BenchPath | tuple[str, str]] | None = None,
-                  cache: Path | None = None, data_steps: int = 30, num_workers: int = 0,
-                  compile_timeout_s: float = 1200.0, peak_tflops: float | None = None, quick: bool = False,
-                  profile: bool = False, log: Callable[[str], None] = lambda message: None,
+def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambda message: None,
                   save: Callable[[dict], None] = lambda report: None) -> dict:
     """Time every path and return the report (the JSON document ``farnet bench`` writes); ``save`` is called
     with the report so far after each path and at the end."""
+    device, size_hw = settings.device, settings.size_hw
     tune_backends(device)
-    paths = bench_paths(device) if paths is None else paths
-    spec = {"device": str(device), "size_hw": list(size_hw), "batches": list(batches), "warmup": warmup,
-            "repeats": repeats, "backbone": backbone, "num_landmarks": num_landmarks,
-            "threads": torch.get_num_threads(), "profile": profile}
-    peak = device_peak(device, measure_conv_peak(device, repeats=2 if quick else 5), peak_tflops)
+    paths = bench_paths(device) if settings.paths is None else settings.paths
+    spec = settings.spec()
+    peak = device_peak(device, measure_conv_peak(device, repeats=2 if settings.quick else 5), settings.peak_tflops)
     auto = resolve("auto", "auto", device)
-    log(f"farnet bench on {device_name(device)}: {size_hw[0]}x{size_hw[1]}, batches {batches}, "
-        f"{warmup} warm-up + {repeats} timed runs; 'auto' here = {auto.describe()}")
+    log(f"farnet bench on {device_name(device)}: {size_hw[0]}x{size_hw[1]}, batches {list(settings.batches)}, "
+        f"{settings.warmup} warm-up + {settings.repeats} timed runs; 'auto' here = {auto.describe()}")
     log(f"peak: {peak['source']}")
     flops = count_flops(spec, auto)
     log(f"FLOPs per image: forward {flops['forward_per_image'] / 1e9:.1f} G, "
         f"training step {flops['train_step_per_image'] / 1e9:.1f} G")
-    results: dict[str, dict] = {}
-    report = {
+    report = _report_head(settings, spec, auto, flops, peak)
+    for path in paths:
+        if isinstance(path, tuple):  # left out: recorded with the reason
+            name, reason = path
+            report["paths"][name] = {"status": "skipped", "reason": reason}
+            continue
+        report["paths"][path.name] = _measure(path, spec, settings, log)
+        add_ratios(report["paths"], flops, peak, device, size_hw)
+        save(report)  # a long CPU run that is killed keeps the paths it finished
+    if settings.cache is not None:
+        report["data"] = measure_data(settings.cache, device, settings.num_workers, settings.data_steps, log)
+    report["complete"] = True
+    save(report)
+    return report
+
+
+def _measure(path: BenchPath, spec: dict, settings: BenchSettings, log: Callable[[str], None]) -> dict:
+    """One path's entry of the report: compiled and timed in a child process, or timed here."""
+    log(f"-- {path.name}")
+    if path.compile:
+        return run_compiled(path, spec, settings.compile_timeout_s, log)
+    return measure_path(path, spec, log)
+
+
+def _report_head(settings: BenchSettings, spec: dict, auto: FastPath, flops: dict, peak: dict) -> dict:
+    """The report before any path has run: how, where and against what it measures."""
+    device = settings.device
+    return {
         "schema": SCHEMA_VERSION,
         "device": device_slug(device),
         "device_name": device_name(device),
@@ -137,10 +195,10 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
         "torch": torch.__version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": provenance.git_commit(Path.cwd()),
-        "quick": quick,
+        "quick": settings.quick,
         "settings": {**spec, "memory": memory_kind(device), "malloc": malloc_setting(),
                      "timing": "median of the timed runs after the warm-up; device synchronised before each clock "
-                               "reading. train = farnet.training.engine.train_step (Adam, EWC loss, both heads); "
+                               "reading. train = farnet.training.steps.Stepper (Adam, EWC loss, both heads); "
                                "inference = farnet.evaluation.loop.predict_landmarks (argmax decoding), from host uint8 "
                                "images to host landmarks"},
         "auto": {"precision": auto.precision, "channels_last": auto.channels_last},
@@ -153,27 +211,10 @@ def run_benchmark(*, device: torch.device, size_hw: tuple[int, int], batches: li
                       "applies": device.type == "cpu" and cpu_isa() == AUTHORS_CPU_ISA,
                       "note": "ratios to the authors' figures are given only on a CPU like the one they were "
                               f"measured on ({AUTHORS_CPU_ISA}, 2 cores) at 800x640: they mean something only there"},
-        "paths": results,
+        "paths": {},
         "data": None,
         "complete": False,  # True once every path has run: a report saved on the way says so
     }
-    for path in paths:
-        if isinstance(path, tuple):
-            name, reason = path
-            results[name] = {"status": "skipped", "reason": reason}
-            continue
-        log(f"-- {path.name}")
-        if path.compile:
-            results[path.name] = run_compiled(path, spec, compile_timeout_s, log)
-        else:
-            results[path.name] = measure_path(path, spec, log)
-        add_ratios(results, flops, peak, device, size_hw)
-        save(report)  # a long CPU run that is killed keeps the paths it finished
-    if cache is not None:
-        report["data"] = measure_data(cache, device, num_workers, data_steps, log)
-    report["complete"] = True
-    save(report)
-    return report
 
 
 def measure_path(path: BenchPath, spec: dict, log: Callable[[str], None] = lambda m: None) -> dict:
