@@ -17,12 +17,12 @@ COMMANDS = {
     "bench": ("farnet.commands.bench", "time training and inference (fp32 and the fast paths); writes results/benchmarks/"),
     "predict": ("farnet.commands.predict", "landmarks for new images with a trained model (CSV, JSON, overlay PNG)"),
     "export": ("farnet.commands.export", "export a trained model to ONNX with its metadata"),
-    "carry": ("farnet.commands.carry", "pack a prepared dataset into one small file that travels with the code "
-                                   "(build, info)"),
+    "carry": ("farnet.commands.carry", "pack a prepared dataset into one file to copy to a machine without "
+                                           "the data, e.g. node-local disk (build, info)"),
     "replicate": ("farnet.commands.replicate", "one run of the paper's protocol from a carry, without DVC: train, evaluate, "
                                       "benchmark, each result written as soon as it is known"),
-    "replicate-import": ("farnet.commands.replicate_import", "bring a `farnet replicate` folder home: results/gpu/ (Table 3's GPU "
-                                              "row) and results/benchmarks/cuda-<device>.json"),
+    "replicate-import": ("farnet.commands.replicate_import", "import a `farnet replicate` output folder into results/gpu/ (Table 3's "
+                                                         "GPU row) and results/benchmarks/cuda-<device>.json"),
 }
 
 

@@ -249,7 +249,7 @@ def test_table3_states_the_gpu_row_s_provenance(returned, results):
     make_tables(results, results / "raw")
     text = (results / "tables" / "table3.md").read_text()
     runs_table = text.index("| farnet | quick | 160×128 |")
-    gpu_block = text.index("The GPU row: `farnet replicate` on a lent GPU, imported by `farnet replicate-import`")
+    gpu_block = text.index("The GPU row: `farnet replicate` on a GPU node, imported by `farnet replicate-import`")
     assert runs_table < gpu_block < text.index("## Table 3 —")
     block = text[gpu_block:text.index("## Table 3 —")]
     for line in [

@@ -51,7 +51,7 @@ CODE_FILES = ("farnet/**/*.py", "baselines/**/*.py", "farnet/report/reference/*.
 
 def code_digest(root: str | Path) -> str:
     """A sha256 over the paths and contents of :data:`CODE_FILES` under ``root``: the code of a run made where
-    there is no git (a working tree sent to a lent machine), to be matched to a commit back home
+    there is no git (a working tree copied to a GPU node), to be matched to a commit where there is
     (:func:`commit_of_digest`)."""
     root = Path(root)
     digest = hashlib.sha256()

@@ -1,4 +1,4 @@
-"""A GPU run brought home: the one validating reader of ``results/gpu/`` (written by ``farnet replicate-import``,
+"""A GPU run imported: the one validating reader of ``results/gpu/`` (written by ``farnet replicate-import``,
 :mod:`farnet.commands.replicate_import`).
 
 ``farnet replicate`` (:mod:`farnet.commands.replicate`) is one command that runs the paper's protocol on a GPU node

@@ -93,7 +93,7 @@ def gpu_header(gpu: GpuRun, cpu_info: Mapping[str, Any]) -> str:
     differ = [key for key in COMPARABLE_KEYS if json.dumps(run.get(key)) != json.dumps(cpu_info.get(key))]
     warning = (f"\n**The GPU row was not trained like run {cpu_info.get('run')} ({', '.join(differ)} differ): a "
                "difference between them is not the effect of the hardware alone.**\n" if differ else "")
-    return ("\nThe GPU row: `farnet replicate` on a lent GPU, imported by `farnet replicate-import` into "
+    return ("\nThe GPU row: `farnet replicate` on a GPU node, imported by `farnet replicate-import` into "
             "`results/gpu/`:\n\n" + block + warning)
 
 

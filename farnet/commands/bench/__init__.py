@@ -1,8 +1,8 @@
 """``farnet bench``: how fast the network trains and predicts here, for fp32 and every fast path (docs/design.md §7).
 
 For each path — fp32, bf16 autocast, channels_last, both, torch.compile, and CUDA graphs on CUDA — it times the
-engine's own training step (:func:`farnet.training.engine.train_step`: normalisation, forward, targets, loss, backward,
-Adam) and the evaluation's own inference (:func:`farnet.evaluation.loop.predict_landmarks`: upload, forward, argmax,
+engine's own training step (:class:`farnet.training.steps.Stepper`: normalisation, forward, targets, loss,
+backward, Adam) and the evaluation's own inference (:func:`farnet.evaluation.loop.predict_landmarks`: upload, forward, argmax,
 download) at batch 1 and a few larger batches: the median of ``--repeats`` runs after ``--warmup`` untimed ones,
 with the device synchronised before each clock reading. It also records the peak memory of each measurement,
 the FLOPs of a step (``torch.utils.flop_counter``) and the FLOP/s achieved, images per second, and — given a

@@ -13,8 +13,8 @@ the batch sizes of the trained model, and training processes sharing the device.
   steps after a warm-up and a barrier; their summed step rate is what ``dvc queue start -j N`` gets from one GPU
   when the runs are at batch 1.
 
-Every function returns plain JSON-able dicts; one that fails records why instead of raising, so a lent machine's
-single command keeps what it measured.
+Every function returns plain JSON-able dicts; one that fails records why instead of raising, so a single `farnet replicate`
+command on a GPU node keeps what it measured.
 """
 
 from __future__ import annotations
