@@ -132,3 +132,45 @@ def test_a_profile_that_changes_every_run_labels_every_run(quick, tmp_path):
     labels = {json.loads(text)["profile"] for name, text in after.items() if name.endswith("/train.json")}
     assert labels == {"slow"}
     assert json.loads(after["datasets/isbi2015.json"])["profile"] == "quick"  # its data are quick's
+
+
+def _git_project(tmp_path, raw: dict) -> Path:
+    import subprocess
+
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    for args in (["init", "-q"], ["add", "params.yaml"],
+                 ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "params"]):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True)
+    return tmp_path / "params.yaml"
+
+
+def test_an_edit_the_profile_undoes_is_refused_naming_both(tmp_path):
+    """`dvc exp run -S profile=quick -S train.epochs=5` ran 1 epoch (the profile's) and recorded 5."""
+    import yaml
+
+    from farnet.core.errors import ConfigError
+    from farnet.stages.resolve import resolve
+
+    raw = committed_params()
+    raw["profile"] = "quick"
+    path = _git_project(tmp_path, raw)
+    edited = {**raw, "train": {**raw["train"], "epochs": 5}}
+    path.write_text(yaml.safe_dump(edited))
+    with pytest.raises(ConfigError, match=r"under profile 'quick', train\.epochs: 5 is overridden by "
+                                          r"profiles\.quick\.train\.epochs: 1"):
+        resolve(path, tmp_path / "resolved")
+    edited["runs"] = {**raw["runs"], "vgg16": {**raw["runs"]["vgg16"], "train": {"epochs": 7}}}
+    edited["runs"]["unet"] = {**raw["runs"]["unet"], "data": {"train_limit": 10}}
+    edited["train"]["epochs"] = raw["train"]["epochs"]
+    path.write_text(yaml.safe_dump(edited))
+    with pytest.raises(ConfigError, match=r"runs\.unet\.data\.train_limit: 10 is overridden by profiles\.quick\."
+                                          r"run_defaults\.isbi2015\.data\.train_limit: 40; runs\.vgg16\.train\.epochs: 7 "
+                                          r"is overridden by profiles\.quick\.runs\.vgg16\.train\.epochs: 1"):
+        resolve(path, tmp_path / "resolved")
+    edited = {**raw, "loss": {**raw["loss"], "alpha": 20.0}}  # not set by the profile: the user's value runs
+    path.write_text(yaml.safe_dump(edited))
+    assert resolve(path, tmp_path / "resolved")
+    path.write_text(yaml.safe_dump({**raw, "profile": "paper", "train": {**raw["train"], "epochs": 5}}))
+    assert resolve(path, tmp_path / "resolved")  # the paper profile overrides nothing

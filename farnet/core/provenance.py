@@ -71,6 +71,17 @@ def commit_of_digest(digest: str, repo_dir: str | Path) -> str | None:
     return commit
 
 
+def committed_text(path: str | Path) -> str | None:
+    """The text of ``path`` as HEAD of its git work tree has it; None outside git, without commits or when HEAD
+    does not have the file."""
+    path = Path(path).resolve()
+    try:
+        return subprocess.run(["git", "-C", str(path.parent), "show", f"HEAD:./{path.name}"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _git(repo_dir: str | Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-C", str(repo_dir), *args],

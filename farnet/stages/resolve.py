@@ -6,8 +6,13 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from farnet.config import Params, load_params, params_from_dict, profile_chain, read_params_file, stage_params
+from farnet.config.shadowed import shadowed_edits
+from farnet.core.errors import ConfigError
 from farnet.core.fileio import write_text
+from farnet.core.provenance import committed_text
 
 
 def resolve(params_path: Path, out: Path) -> list[Path]:
@@ -21,6 +26,7 @@ def resolve(params_path: Path, out: Path) -> list[Path]:
     """
     base = load_params(params_path)
     raw = read_params_file(params_path)
+    _refuse_shadowed_edits(params_path, raw)
     wanted: dict[Path, dict] = {}
     for name in base.datasets:
         wanted[out / "datasets" / f"{name}.json"] = _own_profile(raw, None, lambda p: stage_params(p, "prepare", name))
@@ -38,6 +44,22 @@ def resolve(params_path: Path, out: Path) -> list[Path]:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
     return sorted(wanted)
+
+
+def _refuse_shadowed_edits(params_path: Path, raw: dict) -> None:
+    """ConfigError when a value changed since the last commit (by hand or ``dvc exp run -S``) is one the selected
+    profile sets again: the run would be recorded as made with the user's value and run with the profile's."""
+    text = committed_text(params_path)
+    if text is None:  # no git, or a params file git does not track: nothing to compare with
+        return
+    try:
+        before = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return
+    edits = shadowed_edits(raw, before if isinstance(before, dict) else {})
+    if edits:
+        raise ConfigError(f"{params_path}: under profile {raw.get('profile')!r}, " + "; ".join(edits) + ". Set the "
+                          "profile's key instead (e.g. -S profiles.<profile>.<key>=...), or use profile paper")
 
 
 def _own_profile(raw: dict, run: str | None, values: Callable[[Params], dict]) -> dict:
