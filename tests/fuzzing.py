@@ -126,7 +126,7 @@ def base_images():
         Image.fromarray(array).save(buffer, fmt, **kw)
         return buffer.getvalue()
 
-    from test_predict import dicom_bytes
+    from model_files import dicom_bytes
 
     rgb = np.stack([grey, grey, grey], axis=-1)
     sixteen = grey.astype(np.uint16) * 257

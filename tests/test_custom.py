@@ -47,7 +47,7 @@ def test_optional_columns_may_come_anywhere_and_quotes_and_bom_are_fine(tmp_path
 
 def test_dicom_images_are_read_from_their_header(tmp_path):
     pytest.importorskip("pydicom")
-    from test_predict import dicom_bytes
+    from model_files import dicom_bytes
 
     (tmp_path / "scan.dcm").write_bytes(dicom_bytes(np.zeros((H, W), np.uint8)))
     (tmp_path / "landmarks.csv").write_text("image,a_x,a_y\nscan.dcm,39,29\n")

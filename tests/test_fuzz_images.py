@@ -29,7 +29,7 @@ def dicom_with_size(rows: int, cols: int) -> bytes:
     """A 4x4 DICOM whose Rows and Columns claim ``rows`` x ``cols``."""
     import pydicom
 
-    from test_predict import dicom_bytes
+    from model_files import dicom_bytes
 
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((4, 4), np.uint8))))
     ds.Rows, ds.Columns = rows, cols

@@ -18,7 +18,7 @@ def garbage_model_cases(rng):
     """(case, network, meta changes, what must happen: "ok" or words the error must contain)."""
     import torch
 
-    from test_predict import TinyNet
+    from model_files import TinyNet
 
     for i in range(30):
         torch.manual_seed(i)
@@ -41,7 +41,7 @@ def garbage_model_cases(rng):
 
 
 def test_fuzz_garbage_models(tmp_path, monkeypatch):
-    from test_predict import TinyNet, write_model
+    from model_files import TinyNet, write_model
 
     from farnet.commands import predict
     from farnet.models import trained as trained_module
@@ -72,7 +72,7 @@ def degenerate_images(rng):
 
 
 def test_fuzz_degenerate_images_get_landmarks_and_a_word(tmp_path, monkeypatch):
-    from test_predict import StructureNet, write_model
+    from model_files import StructureNet, write_model
 
     from farnet.commands import predict
     from farnet.models import trained as trained_module

@@ -134,7 +134,7 @@ def test_a_profile_that_changes_every_run_labels_every_run(quick, tmp_path):
     assert json.loads(after["datasets/isbi2015.json"])["profile"] == "quick"  # its data are quick's
 
 
-def _git_project(tmp_path, raw: dict) -> Path:
+def _git_project(tmp_path, raw: dict):
     import subprocess
 
     import yaml

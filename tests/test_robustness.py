@@ -23,7 +23,7 @@ from farnet.training.engine import RunSettings, TrainOptions, train
 from farnet.core.errors import DataError, FarnetError, WriteError
 from farnet.models.interface import Heatmaps
 from farnet.training.losses import ExponentialWeightedCenterLoss
-from test_predict import TinyNet, dicom_bytes, write_model
+from model_files import TinyNet, dicom_bytes, write_model
 
 
 
@@ -201,7 +201,7 @@ def test_interrupted_checkpoint_write_leaves_no_temporary(tmp_path, monkeypatch)
 
 
 def test_disk_full_during_training_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from test_interrupt import Data, Tiny
+    from tiny_training import Data, Tiny
 
     options = TrainOptions(epochs=3, sigma_px=2.0, batch_size=7, seed=1)
     train(Tiny(), Data(), ExponentialWeightedCenterLoss(40), TrainOptions(**{**options.__dict__, "epochs": 1}),
@@ -350,7 +350,7 @@ def test_registered_input_multiple_is_the_real_networks_coarsest_stride():
 
 
 def test_degenerate_images_get_a_word(tmp_path, monkeypatch, capsys):
-    from test_predict import StructureNet
+    from model_files import StructureNet
 
     monkeypatch.setattr(trained_module, "build_model", lambda params, k: StructureNet(k))
     rng = np.random.default_rng(0)
