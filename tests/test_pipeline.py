@@ -32,7 +32,7 @@ def test_every_stage_script_exists():
 
 
 def test_only_resolve_and_fetch_read_params_yaml():
-    """The other stages depend on their own resolved values (tests/test_resolve.py), never on whole sections."""
+    """The other stages depend on their own resolved values (tests/stages/test_resolve.py), never on whole sections."""
     assert {name for name in STAGES if _params(name)} == {"resolve", "fetch"}
     assert _params("fetch") == {"datasets.${key}"}  # where to fetch from, not the profile's sizes
     assert {"profile", "profiles", "loss", "runs"} <= _params("resolve")

@@ -1,6 +1,6 @@
 """The sections of ``params.yaml`` as frozen dataclasses, one per top-level key, and :class:`Params` holding them.
 
-Each field's default is the value ``params.yaml`` states for it (tests/test_config.py checks that the file lists
+Each field's default is the value ``params.yaml`` states for it (tests/config/test_config.py checks that the file lists
 every field with this default), so a section built from a partial mapping, such as a stage's resolved values,
 means what the file means. The choices of ``model.backbone``, ``model.architecture`` and ``data.dataset`` are the
 registries' entries (:mod:`farnet.models.registry`, :mod:`farnet.data.registry`): one table each, read here.

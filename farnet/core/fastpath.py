@@ -9,7 +9,7 @@
   bf16 convolutions run in NHWC; in NCHW every layer pays a layout reorder).
 
 An explicit ``"bf16"`` is honoured even where bf16 is only emulated (slow but correct). Predictions of every
-fast path are checked against fp32 by ``tests/test_fastpath.py`` and timed by ``farnet bench``.
+fast path are checked against fp32 by ``tests/core/test_fastpath.py`` and timed by ``farnet bench``.
 """
 
 from __future__ import annotations

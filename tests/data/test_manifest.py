@@ -53,7 +53,7 @@ def test_manifest_read_names_the_bad_line(tmp_path, lines, line, message):
 def test_every_mirrored_dataset_has_a_committed_manifest_shipped_with_the_package():
     from farnet.data.registry import get_dataset
 
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     package_data = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]
     for name in MIRRORED:
         get_dataset(name)  # a dataset the project knows

@@ -24,7 +24,7 @@ from farnet.report.paper import fold_runs, load_paper_tables, seed_runs, table1_
 from farnet.report.results import Results, TableRuns
 from farnet.report.tables import make_tables
 
-PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "paper" / "farnet-paper.txt"
+PAPER_TEXT = Path(__file__).resolve().parents[3] / "shared" / "paper" / "farnet-paper.txt"
 RADII = ["2.0", "2.5", "3.0", "4.0"]
 METRICS = {
     "test1": split(1.50, [80.0, 85.0, 90.0, 95.0]),
