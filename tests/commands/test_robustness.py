@@ -137,10 +137,7 @@ def test_a_checkpoint_for_another_landmark_count(tmp_path, monkeypatch, capsys):
     with pytest.raises(DataError, match=r"mixed\.pt: weights do not fit the network its metadata describes \(19 "
                                         r"landmarks\): fine\.weight: file \(37, 4, 1, 1\) vs network \(19, 4, 1, 1\)"):
         predict.load_trained_model(tmp_path / "mixed.pt")
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
-    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "mixed.pt"), "--out",
-                     str(tmp_path / "out"), "--no-progress"]) == 2
-    assert "weights do not fit" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    _predict_refuses(tmp_path, tmp_path / "mixed.pt", "weights do not fit", capsys)
 
 
 def test_bad_checkpoint_files(tmp_path):
@@ -289,10 +286,7 @@ def test_a_model_with_non_finite_weights_is_refused(tmp_path, monkeypatch, capsy
     with pytest.raises(DataError, match=r"diverged\.pt: 2 weight tensor\(s\) hold NaN or infinite values "
                                         r"\(body\.1\.running_var, fine\.weight\): the training diverged"):
         predict.load_trained_model(tmp_path / "diverged.pt")
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
-    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "diverged.pt"), "--out",
-                     str(tmp_path / "out"), "--no-progress"]) == 2
-    assert "NaN or infinite" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    _predict_refuses(tmp_path, tmp_path / "diverged.pt", "NaN or infinite", capsys)
 
 
 def test_a_model_folder_is_named(tmp_path, monkeypatch):
@@ -407,3 +401,11 @@ def test_device_checks(monkeypatch):
         default_device()
     monkeypatch.setenv("FARNET_DEVICE", "cpu")
     assert default_device() == torch.device("cpu")
+
+
+def _predict_refuses(tmp_path, model, words: str, capsys) -> None:
+    """`farnet predict` with ``model`` exits 2 with ``words`` in its message and writes no output folder."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", str(model), "--out", str(tmp_path / "out"),
+                     "--no-progress"]) == 2
+    assert words in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,19 +89,7 @@ SCRIPT = textwrap.dedent('''
     from farnet.training.engine import RunSettings, TrainOptions, train
     from farnet.core.errors import TrainingInterrupted
     from farnet.training.losses import ExponentialWeightedCenterLoss
-    from farnet.models.interface import Heatmaps
-
-    class Tiny(torch.nn.Module):
-        def __init__(self, k=2):
-            super().__init__()
-            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
-                                            torch.nn.ReLU())
-            self.fine = torch.nn.Conv2d(4, k, 1)
-            self.coarse = torch.nn.Conv2d(4, k, 1)
-
-        def forward(self, x):
-            f = self.body(x)
-            return Heatmaps(fine=self.fine(f), coarse=self.coarse(torch.nn.functional.avg_pool2d(f, 2)))
+    from tiny_training import Tiny  # tests/ is on PYTHONPATH
 
     class Data(torch.utils.data.Dataset):
         def __init__(self, delay_s):
@@ -134,7 +123,9 @@ SCRIPT = textwrap.dedent('''
 def test_sigterm_kills_a_real_training_process_and_a_new_process_resumes(tmp_path):
     script = tmp_path / "train_tiny.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, (tests, os.environ.get("PYTHONPATH"))))}
 
     def start(name, delay_s):
         return subprocess.Popen([sys.executable, str(script), str(tmp_path / name), str(tmp_path / f"{name}.pt"),

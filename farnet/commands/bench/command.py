@@ -222,23 +222,17 @@ def measure_path(path: BenchPath, spec: dict, log: Callable[[str], None] = lambd
     device = torch.device(spec["device"])
     entry = {"status": "ok", **path_settings(path), "train": {}, "inference": {}}
     try:
+        makers = {"train": graphed_train_step if path.cuda_graphs else eager_train_step,
+                  "inference": graphed_inference if path.cuda_graphs else eager_inference}
         for batch in spec["batches"]:
-            model = make_model(spec, device, path)
-            step = (graphed_train_step if path.cuda_graphs else eager_train_step)(model, path.fast, spec, batch)
-            entry["train"][str(batch)] = timed(step, spec, device, batch)
-            log(f"   train     batch {batch}: {describe(entry['train'][str(batch)])}")
-            if spec.get("profile") and batch == 1 and not path.cuda_graphs:
-                entry["profile_train"] = profile_step(step, device)
-                log("   train profile: " + _shares(entry["profile_train"]))
-            del step, model
-            model = make_model(spec, device, path)
-            infer = (graphed_inference if path.cuda_graphs else eager_inference)(model, path.fast, spec, batch)
-            entry["inference"][str(batch)] = timed(infer, spec, device, batch)
-            log(f"   inference batch {batch}: {describe(entry['inference'][str(batch)])}")
-            if spec.get("profile") and batch == 1 and not path.cuda_graphs:
-                entry["profile_inference"] = profile_step(infer, device)
-                log("   inference profile: " + _shares(entry["profile_inference"]))
-            del infer, model
+            for kind, make in makers.items():  # a fresh network for each, as the engine and evaluation have
+                run = make(make_model(spec, device, path), path.fast, spec, batch)
+                entry[kind][str(batch)] = timed(run, spec, device, batch)
+                log(f"   {kind:<9} batch {batch}: {describe(entry[kind][str(batch)])}")
+                if spec.get("profile") and batch == 1 and not path.cuda_graphs:
+                    entry[f"profile_{kind}"] = profile_step(run, device)
+                    log(f"   {kind} profile: " + _shares(entry[f"profile_{kind}"]))
+                del run
     # one failing path (e.g. out of memory at a large batch) must not lose the others
     except Exception as exc:  # noqa: BLE001
         entry.update(status="failed" if not entry["train"] else "partial", reason=f"{type(exc).__name__}: {exc}")
