@@ -34,11 +34,18 @@ from farnet.training.steps import default_step_path
 from farnet.core import provenance
 
 
+# How a run is watched, fed or saved, never what it trains: a change of these resumes an interrupted run (the
+# augmentation is seeded per item from (seed, epoch, index), so the loader's workers do not change the images).
+NOT_WEIGHTS = ("log_every_steps", "monitor_every", "checkpoint_every", "num_workers", "save_dtype")
+
+
 def fingerprint(params: Params, view: SplitView, budget: TrainBudget | None = None) -> str:
-    """Identity of a training run: every parameter it reads, the data it sees and its budget's limits (a run
-    under another budget never resumes this one)."""
+    """Identity of a training run: every parameter that changes its weights (all it reads but
+    :data:`NOT_WEIGHTS`), the data it sees and its budget's limits (a run under another budget never resumes this
+    one)."""
     p = effective_dict(params)
     payload = {k: p[k] for k in ("seed", "data", "heatmap", "model", "loss", "train")}
+    payload["train"] = {k: v for k, v in payload["train"].items() if k not in NOT_WEIGHTS}
     payload["dataset"] = p["datasets"][params.data.dataset]
     payload["eval_select"] = p["eval"]["select"]
     payload["data_ids"] = list(view.ids)

@@ -73,7 +73,8 @@ def load_progress(ckpt_path: Path, fingerprint: str, model: nn.Module, device: t
     saved = load_checkpoint(ckpt_path, map_location=device)
     if saved.get("fingerprint") != fingerprint:
         if rank == 0:
-            tqdm.write(f"{ckpt_path}: made with other parameters or data; starting afresh")
+            aside = set_aside(ckpt_path, str(saved.get("fingerprint")))
+            tqdm.write(f"{ckpt_path}: made with other parameters or data; set aside as {aside.name}, starting afresh")
         return Progress(), None
     model.load_state_dict(saved["model"])
     progress = Progress(epoch=saved["epoch"], history=list(saved["history"]), wall_s=float(saved["wall_s"]),
@@ -81,6 +82,18 @@ def load_progress(ckpt_path: Path, fingerprint: str, model: nn.Module, device: t
                         step_in_epoch=int(saved.get("step_in_epoch", 0)),
                         epoch_sums=dict(saved.get("epoch_sums", {})), schedule=saved.get("schedule"))
     return progress, saved["optimizer"]
+
+
+def set_aside(ckpt_path: Path, old_fingerprint: str) -> Path:
+    """Rename a checkpoint of another run (and its side file) to ``checkpoint-<its fingerprint>.pt``, so that a
+    new run never overwrites the work of an interrupted one. Returns the new name of the checkpoint."""
+    safe = "".join(c for c in old_fingerprint if c.isalnum())[:16] or "unknown"
+    aside = ckpt_path.with_name(f"{ckpt_path.stem}-{safe}{ckpt_path.suffix}")
+    side = ckpt_path.with_suffix(".json")
+    if side.is_file():
+        side.replace(aside.with_suffix(".json"))
+    ckpt_path.replace(aside)
+    return aside
 
 
 class CheckpointWriter:

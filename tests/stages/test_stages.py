@@ -125,6 +125,18 @@ def test_fingerprint_follows_what_the_run_reads(tmp_path, prepared):
     assert fingerprint(_stage(tmp_path, "msfa_fr"), load_split(prepared, "test")) != base  # other images
 
 
+@pytest.mark.parametrize("key, value", [("log_every_steps", 7), ("monitor_every", 3), ("checkpoint_every", 2),
+                                        ("num_workers", 2), ("save_dtype", "bf16")])
+def test_settings_that_do_not_change_the_weights_keep_the_fingerprint(tmp_path, prepared, key, value):
+    """An interrupted run resumes after a change of its logging, checkpoints, workers or saved dtype."""
+    view = load_split(prepared, "train")
+    edited = _stage(tmp_path, "farnet", lambda raw: raw["train"].update({key: value}))
+    assert getattr(edited.train, key) == value
+    assert fingerprint(edited, view) == fingerprint(_stage(tmp_path, "farnet"), view)
+    assert fingerprint(_stage(tmp_path, "farnet", lambda raw: raw["train"].update(lr=5e-4)), view) != \
+        fingerprint(_stage(tmp_path, "farnet"), view)  # the learning rate does
+
+
 def test_run_info_takes_the_full_set_rule_and_note_from_the_registry(tmp_path):
     from farnet.config import effective_dict
 

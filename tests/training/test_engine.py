@@ -66,8 +66,12 @@ def test_other_fingerprint_starts_afresh(tmp_path):
     fit(make(), OPTS, tmp_path, "a")
     assert resumable_point(tmp_path, "a") == (3, 0)
     assert resumable_point(tmp_path, "b") == (0, 0)
+    first = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
     result = fit(make(), OPTS, tmp_path, "b")
     assert result.resumed_from == 0 and len(result.history) == 3
+    aside = torch.load(tmp_path / "checkpoint-a.pt", weights_only=False)  # run a's work is kept, not overwritten
+    assert aside["fingerprint"] == "a" and all(torch.equal(aside["model"][k], first[k]) for k in first)
+    assert resumable_point(tmp_path, "b") == (3, 0)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -77,9 +81,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
     with torch.no_grad():
         model.fine.weight.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1, step 1.*checkpoint\.pt"):
-        fit(model, opts, tmp_path, "y")
-    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1, step 1.*checkpoint\.pt \(none written"):
+        fit(model, opts, tmp_path, "y")  # another run: x's checkpoint is set aside, not overwritten
+    kept = torch.load(tmp_path / "checkpoint-x.pt", weights_only=True)["model"]
     torch.testing.assert_close(kept["fine.weight"], good["fine.weight"])
 
 
