@@ -38,6 +38,7 @@ __all__ = ["HeatmapNetwork", "export_onnx", "onnx_parity", "read_onnx_metadata",
 
 METADATA_KEY = "farnet"
 DEFAULT_OPSET = 18
+MIN_OPSET = 18  # torch.onnx's exporter (dynamo=True) writes opset 18 and later: an older one is refused
 ATOL, RTOL = 1e-4, 1e-3
 
 
@@ -46,7 +47,7 @@ class ExportError(FarnetError):
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, check: bool = True,
-                seed: int = 0) -> dict:
+                seed: int = 0, overwrite: bool = False) -> dict:
     """Export ``checkpoint`` (a trained ``model.pt``) to ``out`` (ONNX), atomically.
 
     Args:
@@ -54,6 +55,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
         check: compare ONNX Runtime's heatmaps with PyTorch's on a random batch of two (skipped, with
             ``"parity": None`` in the result, when onnxruntime is not installed).
         seed: seed of that random batch.
+        overwrite: replace an existing ``out`` that is not an export of this command (one that is is replaced).
 
     Returns:
         ``{"path", "parity"}``: the file written and the check's result (see :func:`onnx_parity`) or None.
@@ -65,6 +67,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
     """
     import onnx  # noqa: F401  (without it, fail before the checkpoint is loaded)
 
+    _check_out(Path(checkpoint), Path(out), overwrite)
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset}: the exporter writes opset {MIN_OPSET} and later, not {opset}; "
+                          f"use --opset {MIN_OPSET} or more")
     trained = load_trained_model(checkpoint, device="cpu")
     out = Path(out)
     net = HeatmapNetwork(trained.model).eval()  # fp32, NCHW: what ONNX Runtime reproduces
@@ -84,6 +90,21 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
         except OSError as err:
             raise WriteError(out, f"cannot write: {err}") from err
     return {"path": out, "parity": parity}
+
+
+def _check_out(checkpoint: Path, out: Path, overwrite: bool) -> None:
+    """ExportError when writing ``out`` would destroy something: the model being exported (always), or an existing
+    file that is not an earlier export of this command (unless ``overwrite``)."""
+    if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
+        raise ExportError(f"--out {out}: is the model being exported; give the ONNX file another name")
+    if out.is_dir():
+        raise ExportError(f"--out {out}: is a folder; give the ONNX file's path")
+    if out.exists() and not overwrite:
+        try:
+            read_onnx_metadata(out)
+        except Exception:  # noqa: BLE001 - not ONNX, or ONNX without our metadata: not ours to replace
+            raise ExportError(f"--out {out}: exists and is not a `farnet export` file; pass --overwrite to replace "
+                              "it") from None
 
 
 @contextmanager
@@ -125,6 +146,9 @@ def _write_model(trained: TrainedModel, net: nn.Module, example: torch.Tensor, w
     except Exception as err:  # the exporter raises many types for unsupported graphs
         raise ExportError(f"{trained.path}: torch.onnx.export failed: {type(err).__name__}: {err}") from err
     model = onnx.load(raw)
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # the metadata must state the file's own opset
+        raise ExportError(f"{trained.path}: asked for opset {opset}, the exporter wrote {written}")
     set_metadata(model, onnx_metadata(trained, opset))
     try:
         onnx.checker.check_model(model)
@@ -208,10 +232,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="the ONNX file to write, e.g. farnet.onnx")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that is not an earlier `farnet export` file")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = export_onnx(args.model, args.out, opset=args.opset, check=not args.no_check)
+    result = export_onnx(args.model, args.out, opset=args.opset, check=not args.no_check, overwrite=args.overwrite)
     parity = result["parity"]
     if parity is None:
         note = "not checked" + ("" if args.no_check else " (onnxruntime is not installed)")

@@ -137,3 +137,37 @@ def test_export_bad_checkpoint(tmp_path, small):
     with pytest.raises(DataError, match=r"model\.pt: not a readable checkpoint"):
         export.export_onnx(tmp_path / "model.pt", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_an_opset_the_exporter_cannot_write_is_refused(tmp_path, small, opset):
+    """The exporter wrote opset 18 while the metadata claimed the one asked for."""
+    make_checkpoint(tmp_path / "model.pt")
+    with pytest.raises(export.ExportError, match=rf"opset {opset}: the exporter writes opset 18 and later"):
+        export.export_onnx(tmp_path / "model.pt", tmp_path / "x.onnx", opset=opset)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_metadata_states_the_files_own_opset(tmp_path, small):
+    import onnx
+
+    make_checkpoint(tmp_path / "model.pt")
+    path = export.export_onnx(tmp_path / "model.pt", tmp_path / "x.onnx", opset=19, check=False)["path"]
+    default = [o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx")]
+    assert default == [19] and export.read_onnx_metadata(path)["opset"] == 19
+
+
+def test_export_never_replaces_its_model_or_a_foreign_file(tmp_path, small, capsys):
+    make_checkpoint(tmp_path / "model.pt")
+    model_bytes = (tmp_path / "model.pt").read_bytes()
+    assert cli.main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "model.pt")]) == 2
+    assert "is the model being exported" in capsys.readouterr().err
+    assert (tmp_path / "model.pt").read_bytes() == model_bytes
+    (tmp_path / "notes.onnx").write_text("my notes")
+    assert cli.main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "notes.onnx")]) == 2
+    assert "exists and is not a `farnet export` file; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "notes.onnx").read_text() == "my notes"
+    assert cli.main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "notes.onnx"),
+                     "--overwrite", "--no-check"]) == 0
+    assert cli.main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "notes.onnx"),
+                     "--no-check"]) == 0  # an earlier export is replaced without the flag
