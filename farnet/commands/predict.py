@@ -307,6 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"towards 1; default: {MIN_CONFIDENCE:g})")
     parser.add_argument("--keep-going", action="store_true",
                         help="skip unreadable images (listed at the end, exit status 1) instead of stopping")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files that an earlier `farnet predict` did not write")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -318,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
     if not (np.isfinite(args.min_confidence) and 0 <= args.min_confidence <= 1):
         raise ConfigError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     images = list(args.images)
-    _check_outputs(images, args.out)
+    _check_outputs(images, args.out, overwrite=args.overwrite)
     device = parse_device(args.device, "--device") if args.device else default_device()
     trained = load_trained_model(args.model, device=device)
     errors: list | None = [] if args.keep_going else None
@@ -334,8 +336,9 @@ def run(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _check_outputs(images: list[Path], out_dir: Path) -> None:
-    """Refuse inputs whose outputs would overwrite each other or an input."""
+def _check_outputs(images: list[Path], out_dir: Path, overwrite: bool = False) -> None:
+    """Refuse inputs whose outputs would overwrite each other, an input, or (without ``overwrite``) a file an
+    earlier ``farnet predict`` did not write, e.g. an annotation ``151.json`` beside the images."""
     seen: dict[str, Path] = {}
     inputs = {p.resolve() for p in images}
     for image in images:
@@ -346,3 +349,17 @@ def _check_outputs(images: list[Path], out_dir: Path) -> None:
         clash = [p for p in output_paths(image, out_dir).values() if p.resolve() in inputs]
         if clash:
             raise FarnetError(f"{image}: its output {clash[0]} would overwrite an input image; choose another --out")
+        foreign = [p for p in output_paths(image, out_dir).values() if p.exists()]
+        if foreign and not overwrite and not _written_by_predict(output_paths(image, out_dir)["json"]):
+            raise FarnetError(f"{image}: its output {foreign[0]} exists and was not written by `farnet predict`; "
+                              "choose another --out, or pass --overwrite to replace it")
+
+
+def _written_by_predict(json_path: Path) -> bool:
+    """Whether ``json_path`` is the JSON an earlier ``farnet predict`` wrote (then its CSV and overlay are too)."""
+    try:
+        document = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and str(document.get("coordinates", "")).startswith("original image pixels") \
+        and isinstance(document.get("model"), dict) and isinstance(document.get("landmarks"), list)

@@ -437,3 +437,17 @@ def test_low_confidence_warned_for_a_flat_image_not_a_real_one(mirror_root, tmp_
     assert np.all(flat_pred.confidence < predict.MIN_CONFIDENCE)
     assert [w for w in flat_pred.warnings if w.startswith("low confidence")]
     assert "flat.png: warning: low confidence" in capsys.readouterr().err
+
+
+def test_predict_never_replaces_a_file_it_did_not_write(tmp_path, tiny, capsys):
+    """--out at the image folder replaced the annotation 151.json beside 151.png."""
+    Image.fromarray(make_image()).save(tmp_path / "151.png")
+    ckpt = write_model(tmp_path / "model.pt")
+    (tmp_path / "151.json").write_text('{"annotation": [1, 2]}')
+    args = ["predict", str(tmp_path / "151.png"), "--model", str(ckpt), "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 2
+    assert "151.json exists and was not written by `farnet predict`" in capsys.readouterr().err
+    assert (tmp_path / "151.json").read_text() == '{"annotation": [1, 2]}'
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "151.json").read_text())["landmarks"]
+    assert cli.main(args) == 0  # its own earlier output is replaced without the flag
