@@ -43,7 +43,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from farnet.data.imageio import map_points, read_image_with_spacing, resize_grayscale
+from farnet.data.imageio import exif_orientation_note, map_points, read_image_with_spacing, resize_grayscale
 from farnet.data.registry import DATASETS
 from farnet.core.errors import ConfigError, DataError, FarnetError, WriteError
 from farnet.core.fastpath import default_device, parse_device
@@ -99,10 +99,14 @@ def resolve_spacing(header_mm: tuple[float, float] | None, argument_mm: float | 
     default, original_wh = spec.spacing if spec is not None and spec.spacing else (None, None)
     if meta.get("spacing_mm"):
         default = float(meta["spacing_mm"])
+        original_wh = tuple(meta["spacing_original_wh"]) if meta.get("spacing_original_wh") else original_wh
     if default is None:
         return None, None, None
     warning = None
-    if original_wh is not None and tuple(image_wh) != tuple(original_wh):
+    if original_wh is None:  # a model of an own dataset whose images differ in size, or one from before sizes
+        warning = (f"assuming the {dataset} model's spacing of {default:g} mm per pixel, with no image size to "
+                   "check this image against: pass --spacing-mm if its pixels differ")
+    elif tuple(image_wh) != tuple(original_wh):
         warning = (f"assuming the {dataset} spacing of {default:g} mm per pixel of its {original_wh[0]}x"
                    f"{original_wh[1]} images, but this image is {image_wh[0]}x{image_wh[1]}: pass --spacing-mm")
     return (default, default), f"model default ({dataset})", warning
@@ -169,7 +173,7 @@ def predict_images(trained: TrainedModel, paths: Sequence[str | Path], *, batch_
                 wh = (image.shape[1], image.shape[0])
                 points_px = map_points(points, (w_in, h_in), wh)  # x = (x_in + 0.5)·W/W_in − 0.5
                 spacing, source, warning = resolve_spacing(header_mm, spacing_mm, trained.meta, wh)
-                warnings = tuple(w for w in (warning, shape_warning(wh, (h_in, w_in)),
+                warnings = tuple(w for w in (warning, exif_orientation_note(path), shape_warning(wh, (h_in, w_in)),
                                              confidence_warning(confidence, trained.landmark_names, min_confidence))
                                  if w)
                 for text in warnings:

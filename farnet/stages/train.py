@@ -199,7 +199,8 @@ class _RunEnd:
                               "channels": "grey replicated to 3"},
             "backbone": params.model.backbone, "params": effective_dict(params),
             "git_commit": provenance.git_commit(Path.cwd()), "selected_epoch": selected_epoch,
-            "spacing_mm": _default_spacing(self.view), "weights_dtype": t.save_dtype,
+            "spacing_mm": _default_spacing(self.view), "spacing_original_wh": _shared_size(self.view),
+            "weights_dtype": t.save_dtype,
         }
         if self.rank == 0:
             save_atomic({"model": _stored(self.model.state_dict(), t.save_dtype), "meta": meta},
@@ -240,6 +241,12 @@ def _default_spacing(view: SplitView) -> float | None:
     """One spacing for the whole dataset when all its images share it (ISBI: 0.1 mm), else None."""
     spacing = np.unique(view.spacing_mm[np.isfinite(view.spacing_mm)])
     return float(spacing[0]) if spacing.size == 1 and np.all(np.isfinite(view.spacing_mm)) else None
+
+
+def _shared_size(view: SplitView) -> list[int] | None:
+    """The original (W, H) every training image shares, else None: the size a default spacing belongs to."""
+    sizes = np.unique(np.asarray(view.original_wh).reshape(-1, 2), axis=0)
+    return [int(v) for v in sizes[0]] if len(sizes) == 1 else None
 
 
 def _validator(params: Params, spec, prepared: Path, device: torch.device):

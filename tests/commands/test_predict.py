@@ -162,6 +162,16 @@ def test_spacing_precedence():
     assert predict.resolve_spacing(None, None, {"dataset": "custom", "spacing_mm": 0.5}, (10, 10))[0] == (0.5, 0.5)
 
 
+def test_an_own_data_models_spacing_is_checked_against_its_images_size():
+    """The spacing of an own dataset was applied to an image of any size without a word."""
+    own = {"dataset": "custom", "spacing_mm": 0.5, "spacing_original_wh": [400, 300]}
+    assert predict.resolve_spacing(None, None, own, (400, 300)) == ((0.5, 0.5), "model default (custom)", None)
+    spacing, _, warning = predict.resolve_spacing(None, None, own, (800, 600))
+    assert spacing == (0.5, 0.5) and "this image is 800x600" in warning and "400x300" in warning
+    _, _, warning = predict.resolve_spacing(None, None, {"dataset": "custom", "spacing_mm": 0.5}, (10, 10))
+    assert "no image size to check this image against: pass --spacing-mm" in warning
+
+
 # ---- the command ----------------------------------------------------------------------------------------------
 
 def read_outputs(out, stem):
@@ -451,3 +461,14 @@ def test_predict_never_replaces_a_file_it_did_not_write(tmp_path, tiny, capsys):
     assert cli.main([*args, "--overwrite"]) == 0
     assert json.loads((tmp_path / "151.json").read_text())["landmarks"]
     assert cli.main(args) == 0  # its own earlier output is replaced without the flag
+
+
+def test_an_exif_rotated_image_says_its_frame_in_the_outputs(tmp_path, tiny):
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(make_image()).save(tmp_path / "turned.jpg", exif=exif)
+    ckpt = write_model(tmp_path / "model.pt")
+    assert cli.main(["predict", str(tmp_path / "turned.jpg"), "--model", str(ckpt), "--out", str(tmp_path / "out"),
+                     "--no-progress"]) == 0
+    warnings = json.loads((tmp_path / "out" / "turned.json").read_text())["warnings"]
+    assert any("EXIF Orientation 8" in w and "coordinates are in the stored frame" in w for w in warnings)
