@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from farnet.core.fileio import write_json
+from farnet.report.gpu import file_manifest
 
 
 class RunRecord:
@@ -47,5 +48,7 @@ class RunRecord:
         return log
 
     def finish(self, exit_code: int) -> None:
-        """The last ``run.json``: done, or interrupted (the model reached was evaluated), and the wall time."""
-        self.status("done" if exit_code == 0 else "interrupted", wall_s=round(time.perf_counter() - self.started, 1))
+        """The last ``run.json``: done, or interrupted (the model reached was evaluated), the wall time and the
+        sha256 of every file the run wrote (``farnet replicate-import`` imports only files that match them)."""
+        self.status("done" if exit_code == 0 else "interrupted", wall_s=round(time.perf_counter() - self.started, 1),
+                    files=file_manifest(self.out))

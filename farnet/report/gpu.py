@@ -22,6 +22,7 @@ from typing import Any
 
 from farnet.core.errors import DataError
 from farnet.core.fileio import read_json_object
+from farnet.data.manifest import sha256_file
 from farnet.report.results import RUN_INFO_KEYS, TEST_SPLITS
 
 __all__ = ["GpuRun", "benchmark_record", "find_gpu_run", "method_label", "read_gpu_run"]
@@ -35,6 +36,34 @@ OPTIONAL = ("per_landmark.csv", "predictions.csv", "benchmark.json", "progress.j
 #: what ``run.json`` must state for the row and its provenance, besides the run info of every run of ours
 RUN_KEYS = (*RUN_INFO_KEYS, "input_hw", "pretrained", "hardware", "torch", "device", "status", "protocol",
             "replication_gaps")
+
+
+#: the files of a run that its finished ``run.json`` lists with their sha256 (``files``): ``run.json`` itself is
+#: rewritten on import and ``log.txt`` is written by the shell around the command
+LISTED = tuple(name for name in (*REQUIRED, *OPTIONAL) if name not in ("run.json", "log.txt"))
+FINISHED = ("done", "interrupted")  # the statuses ``farnet replicate`` ends with (interrupted: evaluated all the same)
+
+
+def file_manifest(folder: str | Path) -> dict[str, str]:
+    """The sha256 of each of :data:`LISTED` present in ``folder``: what a finished run lists in ``run.json``."""
+    return {name: sha256_file(Path(folder) / name) for name in LISTED if (Path(folder) / name).is_file()}
+
+
+def _check_one_finished_run(folder: Path, run: dict) -> None:
+    """DataError unless ``run.json`` says the run finished and every file beside it is one it lists, unchanged:
+    a second run killed in the same folder leaves its own ``run.json`` beside the first run's results."""
+    if run.get("status") not in FINISHED:
+        raise DataError(folder / "run.json", f"status {run.get('status')!r}: the run did not finish, so the files "
+                                             "beside it may be another run's; run `farnet replicate` again")
+    listed = run.get("files")
+    if not isinstance(listed, Mapping):
+        raise DataError(folder / "run.json", "lists no files: made by a `farnet replicate` that did not record them")
+    present = file_manifest(folder)
+    for name in sorted(set(listed) | set(present)):
+        if listed.get(name) != present.get(name):
+            why = "missing" if name not in present else "not listed" if name not in listed else "changed"
+            raise DataError(folder / name, f"{why}: not the file the finished run in run.json wrote (files of two "
+                                           "runs in one folder?)")
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,7 @@ def read_gpu_run(folder: str | Path) -> GpuRun:
     """
     folder = Path(folder)
     run, train_info, metrics = (read_json_object(folder / name, MISSING) for name in REQUIRED)
+    _check_one_finished_run(folder, run)
     _require(folder / "run.json", run, RUN_KEYS)
     _require(folder / "train_info.json", train_info, ("steps", "schedule", "train_wall_s"))
     if train_info["steps"] != run["steps"]:

@@ -23,7 +23,7 @@ from farnet.evaluation.metrics import OUTLIER_MM, summarize
 from farnet.commands import replicate_import as gpu_module
 from farnet.commands.replicate_import import import_gpu_run
 from farnet.core.fileio import device_slug
-from farnet.report.gpu import find_gpu_run, method_label, read_gpu_run
+from farnet.report.gpu import file_manifest, find_gpu_run, method_label, read_gpu_run
 from farnet.core.provenance import code_digest, commit_of_digest, git_commit, replication_gaps
 from farnet.report.tables import make_tables
 from farnet.stages.evaluate import run_info
@@ -94,6 +94,8 @@ def write_replicate_folder(out: Path, *, benchmark: bool = True, **run_changes) 
     predictions({"test1": TEST1_MM, "test2": TEST2_MM}).to_csv(out / "predictions.csv", index=False)
     per_landmark({"test1": [1.25, 2.85], "test2": [0.75, 7.35]}).to_csv(out / "per_landmark.csv", index=False)
     (out / "log.txt").write_text("replicate: trained 4500 steps\n")
+    run["files"] = file_manifest(out)  # the last write of a finished run
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     return out
 
 
@@ -165,6 +167,8 @@ def test_a_bad_or_missing_file_is_named_and_nothing_is_copied(returned, results,
         (returned / name).unlink()
     else:
         (returned / name).write_text(content)
+        if name == "benchmark.json":
+            _relist(returned)  # as the run wrote it: the content is what is wrong
     with pytest.raises(DataError, match=message):
         import_gpu_run(returned, results)
     assert [p.name for p in (results / "gpu").iterdir()] == ["README.md"]
@@ -172,9 +176,16 @@ def test_a_bad_or_missing_file_is_named_and_nothing_is_copied(returned, results,
 
 
 def _edit(path: Path, **changes) -> None:
+    """Change a file as the run itself would have written it (so run.json lists the edited file)."""
     data = json.loads(path.read_text())
     path.write_text(json.dumps({**{k: v for k, v in data.items() if k not in changes},
                                 **{k: v for k, v in changes.items() if v is not None}}))
+    _relist(path.parent)
+
+
+def _relist(folder: Path) -> None:
+    run = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**run, "files": file_manifest(folder)}))
 
 
 @pytest.mark.parametrize("name, changes, message", [
@@ -361,3 +372,23 @@ def test_a_code_digest_names_the_clean_commit_that_has_it(tmp_path):
     assert commit_of_digest("0" * 64, repo) is None  # another code
     (repo / "farnet" / "a.py").write_text("x = 2\n")
     assert code_digest(repo) != digest and commit_of_digest(code_digest(repo), repo) is None  # dirty
+
+
+def test_files_of_two_runs_in_one_folder_are_refused(returned, results):
+    """A second `farnet replicate` into the same --out, killed while evaluating: its run.json beside the first
+    run's metrics was imported as one run."""
+    run = json.loads((returned / "run.json").read_text())
+    second = {**run, "status": "evaluating", "started": "2026-12-03T12:00:00+00:00"}
+    del second["files"]
+    (returned / "run.json").write_text(json.dumps(second))
+    with pytest.raises(DataError, match=r"run\.json: status 'evaluating': the run did not finish"):
+        import_gpu_run(returned, results)
+    assert not (results / "gpu" / "metrics.json").exists()
+    (returned / "run.json").write_text(json.dumps(run))  # finished, but a file rewritten since
+    metrics = json.loads((returned / "metrics.json").read_text())
+    (returned / "metrics.json").write_text(json.dumps({**metrics, "note": "another run"}))
+    with pytest.raises(DataError, match=r"metrics\.json: changed: not the file the finished run in run\.json wrote"):
+        import_gpu_run(returned, results)
+    (returned / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(DataError, match=r"metrics\.json: changed"):  # not byte-identical: still refused
+        import_gpu_run(returned, results)
