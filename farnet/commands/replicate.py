@@ -225,8 +225,12 @@ def replicate(carry: Path, out: Path, *, device: torch.device, budget: TrainBudg
     """
     started = time.perf_counter()
     info = read_carry_info(carry)
-    if model is not None:
-        input_hw = tuple(load_trained_model(model).input_hw)
+    if model is not None:  # checked against the carry before anything runs
+        given = load_trained_model(model)
+        if given.meta.get("dataset") != info["dataset"]:
+            raise ConfigError(f"{model}: trained on {given.meta.get('dataset')!r} ({given.num_landmarks} landmarks), "
+                              f"but {carry} holds {info['dataset']!r}")
+        input_hw = tuple(given.input_hw)
     params, paper_hw = carry_params(carry, info, params_path, run_name, input_hw, plan.num_workers)
     record = RunRecord(out, _run_fields(run_name, device, info, budget, plan), started)
     job = _unpack(carry, params, device, work, plan, progress)
@@ -243,7 +247,7 @@ def replicate(carry: Path, out: Path, *, device: torch.device, budget: TrainBudg
         record.fields.update(evaluated_model=str(model), budget=None)
         job = replace(job, plan=replace(plan, bench_repeats=0, side_by_side=()))
     write_json(out / "train_info.json", train_info)
-    trained = load_trained_model(model)
+    trained = load_trained_model(model, num_landmarks=job.num_landmarks)
     _label(record, trained, train_info, job, paper_hw)
     metrics = _evaluate(record, job, trained, train_info)
     if trains:

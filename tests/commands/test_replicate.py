@@ -173,3 +173,32 @@ def test_the_fastest_step_path_that_worked_trains():
     assert fastest_path({"eager": ok(0.020), "graph": ok(0.009), "compile": ok(0.006)}) == "compile"
     assert fastest_path({"eager": ok(0.020), "graph": {"status": "failed", "reason": "capture"}}) == "eager"
     assert fastest_path({"graph": {"status": "failed", "reason": "capture"}}) == "eager"
+
+
+def test_evaluate_refuses_a_model_of_another_dataset_or_landmark_count_before_evaluating(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """A 37-landmark hand model on an ISBI carry failed only after Test1's inference."""
+    from model_files import TinyNet, write_model
+
+    from farnet.models import trained as trained_module
+
+    monkeypatch.setattr(trained_module, "build_model", lambda params, k: TinyNet(k))  # the files hold TinyNets
+
+    carry = tmp_path / "carry.zip"
+    pack_carry(write_prepared(tmp_path, input_hw=(64, 64), k=K), carry, codec="png", progress=False)
+    params = str(write_committed_params(tmp_path))
+
+    def evaluate(model, out):
+        return main(["replicate", "--carry", str(carry), "--out", str(tmp_path / out), "--device", "cpu",
+                     "--no-progress", "--evaluate", str(model), "--params", params, "--work", str(tmp_path / "w")])
+
+    hand = write_model(tmp_path / "hand" / "model.pt", k=37, input_hw=(64, 64), dataset="hand_dha", net=TinyNet(37))
+    assert evaluate(hand, "hand-out") == 2
+    assert "trained on 'hand_dha' (37 landmarks), but" in capsys.readouterr().err
+    assert not (tmp_path / "hand-out" / "run.json").exists()  # refused before anything ran
+    other_k = write_model(tmp_path / "five" / "model.pt", k=K + 2, input_hw=(64, 64), dataset="isbi2015",
+                          net=TinyNet(K + 2))
+    (other_k.parent / "train_info.json").write_text(json.dumps({"steps": 1, "schedule": {}}))
+    assert evaluate(other_k, "five-out") == 2
+    assert f"model predicts {K + 2} landmarks (dataset 'isbi2015'), but {K} are expected" in capsys.readouterr().err
+    assert not (tmp_path / "five-out" / "metrics.json").exists()
