@@ -33,7 +33,36 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
         WriteError: the file could not be written (e.g. a full disk); the old file, if any, is kept and no
             temporary file is left behind.
     """
-    return atomic_write(path, lambda fh: torch.save(obj, fh))
+    return atomic_write(path, lambda fh: _save(obj, fh))
+
+
+class _WriteErrors:
+    """A binary file that remembers the first OSError of its ``write`` (torch's zip writer turns it into a
+    RuntimeError "unexpected pos", which would hide e.g. "No space left on device")."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+
+def _save(obj: dict, fh) -> None:
+    """``torch.save`` into ``fh``, raising the file's own OSError when a write failed."""
+    recording = _WriteErrors(fh)
+    try:
+        torch.save(obj, recording)
+    except RuntimeError:
+        if recording.error is not None:
+            raise recording.error from None
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -55,3 +55,27 @@ def test_only_atomic_write_temporaries_are_removed(tmp_path):
 def test_a_missing_folder_is_fine(tmp_path):
     assert remove_stale_temporaries(tmp_path / "not yet") == []
     assert remove_stale_temporaries(str(tmp_path)) == []
+
+
+def test_a_full_disk_during_a_checkpoint_save_says_so(tmp_path, monkeypatch):
+    """torch's zip writer turned "No space left on device" into "unexpected pos"."""
+    import errno
+    import io
+
+    import pytest
+    import torch
+
+    from farnet.core import fileio
+    from farnet.core.checkpoint import save_atomic
+    from farnet.core.errors import WriteError
+
+    class Full(io.FileIO):
+        def write(self, data):
+            if self.tell() + len(data) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode: Full(fd, "wb"))
+    with pytest.raises(WriteError, match=r"model\.pt: cannot write: \[Errno 28\] No space left on device"):
+        save_atomic({"w": torch.zeros(10_000)}, tmp_path / "model.pt")
+    assert list(tmp_path.iterdir()) == []  # no temporary left
