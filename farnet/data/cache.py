@@ -14,6 +14,7 @@ renamed into place, so an interrupted prepare leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from farnet.data.imageio import read_grayscale, resize_grayscale
 from farnet.core.coords import rescale_points
 from farnet.data.sample import Sample
-from farnet.core.errors import DataError
+from farnet.core.errors import DataError, WriteError
 
 __all__ = ["Cache", "build_cache", "load_cache", "cache_from_arrays", "input_to_original_scale", "replace_folder",
            "staged_folder"]
@@ -141,6 +142,7 @@ def _write_images(samples: Sequence[Sample], path: Path, input_hw: tuple[int, in
     """Decode each sample's image, resize it to ``input_hw`` and store all of them in one (N, H, W) uint8 .npy,
     written in place through a memory map so that no more than one image is held in memory."""
     images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(samples), *input_hw))
+    _reserve(path)
     for i, s in enumerate(tqdm(samples, desc="prepare", unit="img", disable=not progress)):
         image = read_grayscale(s.image_path)  # (H_s, W_s)
         if image.shape[::-1] != tuple(s.stored_wh):
@@ -149,6 +151,20 @@ def _write_images(samples: Sequence[Sample], path: Path, input_hw: tuple[int, in
         images[i] = resize_grayscale(image, input_hw)
     images.flush()
     del images
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the disk blocks of a freshly created (sparse) memory-mapped file now: on a full disk a write
+    through the map would kill the process with SIGBUS ("Bus error") instead of raising an error."""
+    if not hasattr(os, "posix_fallocate"):  # not on every system: the writes then find a full disk themselves
+        return
+    try:
+        with path.open("r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, path.stat().st_size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve blocks
+            return
+        raise WriteError(path, f"cannot write the prepared images ({path.stat().st_size} bytes): {exc}") from exc
 
 
 @contextlib.contextmanager

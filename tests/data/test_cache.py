@@ -227,3 +227,28 @@ def test_cache_on_mirror_image_001(mirror_root, tmp_path):
     np.testing.assert_allclose(cache.input_to_original[0], [968 / 320, 1200 / 400])
     assert cache.meta["source_files"] == ["001.jpg", "002.jpg"]
     assert json.loads((tmp_path / "cache" / "meta.json").read_text())["spacing_mm"] == [0.1, 0.1]
+
+
+def test_a_full_disk_while_preparing_is_an_error_not_a_bus_error(tmp_path, monkeypatch):
+    """The memory-mapped cache was sparse: writing images through it on a full disk killed prepare with SIGBUS."""
+    import errno
+    import os
+
+    from farnet.core.errors import WriteError
+
+    samples = _synthetic_samples(tmp_path)
+    build_cache(samples, tmp_path / "cache", (8, 8), progress=False)
+    allocated = []
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, offset, size: allocated.append(size) or real(fd, offset, size))
+    build_cache(samples, tmp_path / "cache", (8, 8), progress=False)
+    assert allocated == [4 * 8 * 8 + 128]  # every image's bytes and the .npy header, reserved before any write
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(WriteError, match=r"images\.npy: cannot write the prepared images \(384 bytes\): .*No space"):
+        build_cache(samples, tmp_path / "cache", (8, 8), progress=False)
+    assert len(load_cache(tmp_path / "cache")) == 4  # the old cache is untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
