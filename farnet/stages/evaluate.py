@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from farnet.data.registry import get_dataset
 from farnet.data.views import load_split, read_dataset_info
 from farnet.evaluation.loop import evaluate_split, predict_landmarks
 from farnet.core.fastpath import default_device, resolve_channels_last, resolve_precision
-from farnet.core.fileio import write_csv, write_json
+from farnet.core.errors import DataError
+from farnet.core.fileio import read_json_object, write_csv, write_json
 from farnet.core import provenance
 from farnet.models.trained import TrainedModel, load_trained_model
 
@@ -34,6 +34,7 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
     ``results/predictions/<run>.csv`` and ``results/runs/<run>.json`` (how the result was made).
     """
     trained = load_trained_model(model_dir / "model.pt")
+    train_info = _read_train_info(model_dir / "train_info.json")  # checked before anything is evaluated or written
     prepared = prepared_root / params.data.dataset
     metrics, per_lm, preds = {}, [], []
     for split in evaluate_splits(params, prepared, trained, default_device(), progress=progress):
@@ -44,10 +45,23 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
     write_json(results / "metrics" / f"{name}.json", metrics)
     write_csv(results / "per_landmark" / f"{name}.csv", pd.concat(per_lm, ignore_index=True))
     write_csv(results / "predictions" / f"{name}.csv", pd.concat(preds, ignore_index=True))
-    train_info = json.loads((model_dir / "train_info.json").read_text())
     write_json(results / "runs" / f"{name}.json", run_info(trained.meta["params"], train_info,
                                                            read_dataset_info(prepared)))
     return metrics
+
+
+# what the run info of a result reads from the train stage's train_info.json
+TRAIN_INFO_KEYS = ("run", "device", "epochs", "steps", "hardware", "n_train_images", "select", "selected_epoch",
+                   "train_wall_s")
+
+
+def _read_train_info(path: Path) -> dict:
+    """The train stage's ``train_info.json``, with every key a result's run info needs; a DataError naming it."""
+    info = read_json_object(path, "not found: the train stage writes it beside model.pt (re-run its train stage)")
+    missing = [key for key in TRAIN_INFO_KEYS if key not in info]
+    if missing:
+        raise DataError(path, f"missing keys {missing}: not a complete train_info.json (re-run its train stage)")
+    return info
 
 
 @dataclass(frozen=True)

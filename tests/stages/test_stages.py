@@ -151,3 +151,24 @@ def test_run_info_takes_the_full_set_rule_and_note_from_the_registry(tmp_path):
     partial = run_info(hand, {**info, "run": "hand_fold1", "n_train_images": 5},
                        {"extras": {"images_listed": 895, "images_present": 9}})
     assert partial["full_set"] is False and partial["images_present"] == 9
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"train_info\.json: not found: the train stage writes it beside model\.pt"),
+    ("{", r"train_info\.json:1: invalid JSON"),
+    ('{"run": "farnet"}', r"train_info\.json: missing keys \['device', 'epochs'"),
+])
+def test_the_evaluate_stage_checks_train_info_before_evaluating(tmp_path, monkeypatch, content, message):
+    """A missing or corrupt train_info.json was a traceback after the metrics were written."""
+    from farnet.core.errors import DataError
+    from farnet.stages import evaluate as evaluate_stage
+
+    monkeypatch.setattr(evaluate_stage, "load_trained_model", lambda path: object())
+    monkeypatch.setattr(evaluate_stage, "evaluate_splits", lambda *a, **k: pytest.fail("evaluated before the check"))
+    model_dir = tmp_path / "models" / "farnet"
+    model_dir.mkdir(parents=True)
+    if content is not None:
+        (model_dir / "train_info.json").write_text(content)
+    with pytest.raises(DataError, match=message):
+        evaluate_stage.evaluate_run(_stage(tmp_path, "farnet"), tmp_path / "prepared", model_dir, tmp_path / "results")
+    assert not (tmp_path / "results").exists()
