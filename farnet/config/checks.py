@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from farnet.config.sections import Params
@@ -93,6 +93,12 @@ def _check_datasets(p: Params) -> None:
                               f"of {COMMON_MULTIPLE} (the coarsest stride of every registered network)")
         if not 0 <= dataset.split_seed <= SEED_MAX:
             raise ConfigError(f"datasets.{name}.split_seed: {dataset.split_seed!r} must be in [0, 2**32 - 1]")
+        csv = PurePosixPath(dataset.csv.replace("\\", "/"))
+        if not dataset.csv.strip() or csv.is_absolute() or ".." in csv.parts or PureWindowsPath(dataset.csv).drive:
+            # fetch copies the CSV into data/raw/<name>/ under this name: outside it, the copy would escape the
+            # stage's output (or be the source file itself)
+            raise ConfigError(f"datasets.{name}.csv: {dataset.csv!r} must be a file name inside the dataset folder "
+                              f"(relative to datasets.{name}.root, no '..'); point root at the folder that holds it")
     if p.run is not None and p.data.dataset not in p.datasets:  # a run must train on a configured dataset
         raise ConfigError(f"data.dataset: {p.data.dataset!r} has no entry under datasets (have: {sorted(p.datasets)})")
 

@@ -332,3 +332,12 @@ def test_a_run_only_a_profile_defines_is_refused():
         params_from_dict(raw)
     del raw["profiles"]["q"]["runs"]["extra"]
     assert params_from_dict(raw, "a").train.epochs == 2
+
+
+@pytest.mark.parametrize("csv", ["/data/mine/landmarks.csv", "../landmarks.csv", "sub/../../x.csv", "C:\\\\x.csv", " "])
+def test_an_own_datasets_csv_must_lie_inside_its_folder(csv):
+    """An absolute csv gave a SameFileError traceback at fetch; '../x.csv' was copied outside the stage's output."""
+    with pytest.raises(ConfigError, match=r"datasets\.custom\.csv: .* must be a file name inside the dataset folder"):
+        params_from_dict({"datasets": {"custom": {"root": "/data/mine", "csv": csv, "input_hw": [64, 64]}}})
+    assert params_from_dict({"datasets": {"custom": {"csv": "labels/landmarks.csv"}}}).datasets["custom"].csv == \
+        "labels/landmarks.csv"
