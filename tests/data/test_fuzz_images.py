@@ -178,3 +178,50 @@ def test_fuzz_bit_depths(tmp_path):
             failures.check(case, np.array_equal(decoded, picture), "the picture's 8-bit version differs")
     failures.report()
     assert len(cases) >= 80
+
+
+def colour_and_photometry_cases(rng):
+    """(case, writer, 16-bit grey values, expected 8-bit image): 16-bit RGB / grey + alpha / RGBA PNGs of a grey
+    picture (Pillow alone keeps their high byte) and 16-bit WhiteIsZero TIFFs (Pillow alone does not invert)."""
+    for i in range(40):
+        bits = [10, 12, 14, 16][i % 4]
+        h, w = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        values = rng.integers(0, 2**bits, (h, w)).astype(np.uint16)
+        values.flat[int(rng.integers(0, values.size))] = 2**bits - 1
+        expected = reference_sixteen_bit(values, None)
+        kind = ("rgb", "grey+alpha", "rgba", "white-is-zero tiff")[i % 4]
+        if kind == "white-is-zero tiff":
+            yield f"{kind}#{i}({bits} bits)", ".tif", values, 255 - expected
+        else:
+            yield f"{kind}#{i}({bits} bits)", ".png", values, expected
+
+
+def save_colour_or_photometry(path: Path, case: str, values: np.ndarray) -> Path:
+    import png
+
+    if case.startswith("white-is-zero"):
+        Image.fromarray(values).save(path, tiffinfo={262: 0})
+        return path
+    planes = {"rgb": [values] * 3, "grey+alpha": [values, np.full_like(values, 65535)],
+              "rgba": [values] * 3 + [np.full_like(values, 65535)]}[case.split("#")[0]]
+    rows = np.stack(planes, axis=2).reshape(values.shape[0], -1)
+    with path.open("wb") as fh:
+        png.Writer(values.shape[1], values.shape[0], bitdepth=16, greyscale=case.startswith("grey"),
+                   alpha=case.split("#")[0] in ("grey+alpha", "rgba")).write(fh, rows.tolist())
+    return path
+
+
+def test_fuzz_sixteen_bit_colour_and_white_is_zero(tmp_path):
+    rng = np.random.default_rng(SEED + 5)
+    failures = Failures()
+    cases = list(colour_and_photometry_cases(rng))
+    for i, (case, suffix, values, expected) in enumerate(cases):
+        path = save_colour_or_photometry(tmp_path / f"{i:03d}{suffix}", case, values)
+        outcome, decoded = failures.run(case, read_grayscale, path)
+        if outcome != "ok":
+            failures.check(case, False, f"valid file refused: {decoded}")
+            continue
+        failures.check(case, np.array_equal(decoded, expected), f"decoded max {decoded.max()}, expected "
+                                                                f"{expected.max()}")
+    failures.report()
+    assert len(cases) == 40
