@@ -31,10 +31,10 @@ def test_every_stage_script_exists():
         assert (ROOT / script).is_file(), f"{name}: {script}"
 
 
-def test_only_resolve_and_fetch_read_params_yaml():
+def test_only_resolve_source_and_fetch_read_params_yaml():
     """The other stages depend on their own resolved values (tests/stages/test_resolve.py), never on whole sections."""
-    assert {name for name in STAGES if _params(name)} == {"resolve", "fetch"}
-    assert _params("fetch") == {"datasets.${key}"}  # where to fetch from, not the profile's sizes
+    assert {name for name in STAGES if _params(name)} == {"resolve", "source", "fetch"}
+    assert _params("fetch") == _params("source") == {"datasets.${key}"}  # where from, not the profile's sizes
     assert {"profile", "profiles", "loss", "runs"} <= _params("resolve")
     for stage, resolved in (("train", "resolved/${key}/train.json"), ("evaluate", "resolved/${key}/evaluate.json"),
                             ("prepare", "resolved/datasets/${key}.json")):
