@@ -76,8 +76,7 @@ def committed_text(path: str | Path) -> str | None:
     does not have the file."""
     path = Path(path).resolve()
     try:
-        return subprocess.run(["git", "-C", str(path.parent), "show", f"HEAD:./{path.name}"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout
+        return _git(path.parent, "show", f"HEAD:./{path.name}")
     except (OSError, subprocess.SubprocessError):
         return None
 

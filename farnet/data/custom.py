@@ -23,7 +23,6 @@ point outside its image, a missing or unreadable image, a duplicate image) raise
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import os
@@ -35,6 +34,7 @@ import numpy as np
 
 from farnet.core.fileio import write_json
 from farnet.data.imageio import read_image_size
+from farnet.data.manifest import sha256_file
 from farnet.data.sample import Sample
 from farnet.core.errors import DataError
 
@@ -125,12 +125,15 @@ def fetch_custom(dest: str | Path, params) -> dict:
     source = Path(params.root) if params.root else dest
     samples, splits, _ = read_custom(source, params.csv, split_seed=params.split_seed)  # refuse bad data first
     _refuse_empty_splits(source / params.csv, splits, len(samples))
-    _refuse_shared_images(source / params.csv, source, splits)
+    image_sha256 = _refuse_shared_images(source / params.csv, source, splits)
     files = [params.csv] + [s.image_id for s in samples]
+    hashes = {}
     if source.resolve() != dest.resolve():
         _copy_dataset(source, dest, files)
+    else:  # the folder itself: its images were hashed just now
+        hashes = image_sha256
     record = {"source": "custom", "root": str(source), "csv": params.csv, "n_images": len(samples),
-              "files": {f: _sha256(dest / f) for f in files}}
+              "files": {f: hashes.get(f) or sha256_file(dest / f) for f in files}}
     write_json(dest / "FETCHED.json", record)
     return record
 
@@ -146,22 +149,26 @@ def _refuse_empty_splits(csv_path: Path, splits: dict[str, list[str]], n_rows: i
                                   "(the split column, or enough rows for the seeded 80/10/10 split)")
 
 
-def _refuse_shared_images(csv_path: Path, root: Path, splits: dict[str, list[str]]) -> None:
+def _refuse_shared_images(csv_path: Path, root: Path, splits: dict[str, list[str]]) -> dict[str, str]:
     """DataError naming both rows when one image (the same bytes: a copy, a symlink, a hard link) is listed in
-    two splits, e.g. train and test: a model would be tested on an image it was trained on."""
-    lines = {}
-    for line, row in _read_rows(csv_path)[1:]:
-        if row and row[0].strip():
-            lines[_image_path(csv_path, root, row[0], line)[0]] = line
+    two splits, e.g. train and test: a model would be tested on an image it was trained on.
+
+    Returns:
+        The sha256 of each listed image, by image id.
+    """
+    hashes: dict[str, str] = {}
     seen: dict[str, tuple[str, str]] = {}  # sha256 -> (image id, split) of its first row
     for split in SPLITS:
         for image_id in splits[split]:
-            digest = _sha256(root / image_id)
+            digest = hashes[image_id] = sha256_file(root / image_id)
             first_id, first_split = seen.setdefault(digest, (image_id, split))
             if first_split != split:
+                lines = {_image_path(csv_path, root, row[0], line)[0]: line  # the rows, for the message only
+                         for line, row in _read_rows(csv_path)[1:] if row and row[0].strip()}
                 raise DataError(csv_path, f"{image_id!r} ({split}) is the same image as {first_id!r} "
                                           f"({first_split}, line {lines.get(first_id)}): the {first_split} and "
                                           f"{split} splits would share it; list each image once", line=lines.get(image_id))
+    return hashes
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------
@@ -293,11 +300,3 @@ def _copy_dataset(source: Path, dest: Path, files: list[str]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
