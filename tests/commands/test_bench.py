@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from farnet.core import fastpath
-from farnet.commands.bench import command, compiled, measure, summary
+from farnet.commands.bench import command, compiled, measure, roofline, summary
 from farnet.cli import main
 from farnet.data.cache import build_cache
 from farnet.data.sample import Sample
@@ -43,7 +43,15 @@ def test_quick_report_schema(quick_report):
     assert peak["bf16_flops_per_s"] > 0 and peak["fp32_flops_per_s"] > 0
     assert len(peak["conv"]["bf16_times_s"]) == 2 and peak["reference"]["estimate"] is True
     assert doc["data"] is None and doc["complete"] is True
+    floor = doc["roofline"]  # the limit, measured in the same run
+    assert floor["bandwidth"]["bytes_per_s"] > 0 and floor["path"] == fastpath.resolve("auto", "auto", "cpu").describe()
+    for what in ("train", "inference"):
+        f = floor[what]
+        assert f["floor_s"] == pytest.approx(f["compute_bound_s"] + f["memory_bound_s"]) and f["floor_s"] > 0
+        assert f["flops"] == doc["flops"]["train_step_per_image" if what == "train" else "forward_per_image"]
+    assert floor["train"]["floor_s"] > floor["inference"]["floor_s"]
     table = out.with_suffix(".md").read_text()
+    assert "Roofline floor" in table and "GB/s" in table
     for name in EAGER:
         assert f"| {name} " in table
 
@@ -68,7 +76,8 @@ def test_quick_report_numbers_are_positive(quick_report):
         r = path["ratios"]
         assert r["train_speedup_vs_fp32"] > 0 and r["inference_speedup_vs_fp32"] > 0
         assert r["train_speedup_vs_authors"] is None  # the authors' figures are for 800x640 only
-        assert r["train_floor_s"] is None or r["train_time_over_floor"] > 0
+        assert r["train_floor_s"] == doc["roofline"]["train"]["floor_s"] and r["train_time_over_floor"] > 0
+        assert r["inference_time_over_floor"] > 0
         assert r["train_best_batch"] in (1, 2) and r["paper_schedule_train_s"] > 0
     assert doc["paths"]["fp32"]["ratios"]["train_speedup_vs_fp32"] == 1.0
     compiled = [p for name, p in doc["paths"].items() if name.startswith("compile")]
@@ -181,3 +190,35 @@ def test_profile_groups_a_steps_time_by_what_the_ops_do():
     assert sum(g["share"] for g in prof["groups"].values()) == pytest.approx(1.0)
     assert prof["self_time_s"] == pytest.approx(sum(g["s"] for g in prof["groups"].values()))
     assert len(prof["top_ops"]) == 5 and prof["top_ops"][0]["s"] >= prof["top_ops"][-1]["s"]
+
+
+def test_roofline_floor_of_known_operations():
+    """Per operation the larger of FLOPs ÷ rate (of its dtype) and bytes ÷ bandwidth, summed; copies left out."""
+    ops = [{"op": "aten.convolution", "flops": 8e9, "bytes": 1e6, "dtype": "bf16"},  # 2 s of compute
+           {"op": "aten.convolution", "flops": 2e9, "bytes": 1e6, "dtype": "fp32"},  # 1 s at the fp32 rate
+           {"op": "aten.relu", "flops": 0, "bytes": 5e9, "dtype": "bf16"},  # 0.5 s of memory
+           {"op": "aten.copy_", "flops": 0, "bytes": 3e9, "dtype": "bf16"}]  # overhead: left out
+    floor = roofline.roofline_floor(ops, {"bf16": 4e9, "fp32": 2e9}, 1e10)
+    assert floor["floor_s"] == pytest.approx(3.5)
+    assert floor["compute_bound_s"] == pytest.approx(3.0) and floor["memory_bound_s"] == pytest.approx(0.5)
+    assert floor["overhead_left_out"] == {"bytes": 3e9, "s_at_bandwidth": pytest.approx(0.3)}
+    assert [o["op"] for o in floor["top_ops"]] == ["aten.convolution", "aten.relu"]
+
+
+def test_the_op_log_counts_flops_and_bytes_of_each_operation():
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    x = torch.randn(2, 4, 16, 16)
+    with roofline.OpLog() as log:
+        y = conv(x).relu()
+        y.view(-1)
+    by_name = {op["op"]: op for op in log.ops}
+    assert by_name["aten.convolution"]["flops"] == 2 * 2 * 8 * 4 * 9 * 16 * 16  # multiply-adds x 2
+    assert by_name["aten.convolution"]["bytes"] == 4 * (x.numel() + conv.weight.numel() + y.numel())
+    assert by_name["aten.relu"]["bytes"] == 4 * 2 * y.numel() and by_name["aten.relu"]["flops"] == 0
+    assert by_name["aten.view"]["bytes"] == 0  # a view moves nothing
+    assert by_name["aten.convolution"]["dtype"] == "fp32"
+
+
+def test_bandwidth_is_bytes_read_and_written_per_second():
+    measured = roofline.measure_bandwidth(torch.device("cpu"), repeats=1, warmup=0)
+    assert measured["bytes_per_s"] == pytest.approx(2 * roofline.BANDWIDTH_BYTES / measured["times_s"][0])

@@ -13,9 +13,10 @@ import torch
 from farnet.core import provenance
 from farnet.core.allocator import malloc_setting
 from farnet.commands.bench.compiled import graphed_inference, graphed_train_step, run_compiled
-from farnet.commands.bench.measure import (BenchPath, bench_paths, count_flops, describe, eager_inference,
-                                           eager_train_step, make_model, measure_conv_peak, measure_data,
-                                           memory_kind, path_settings, profile_step, release, timed)
+from farnet.commands.bench.measure import (BenchPath, bench_paths, describe, eager_inference, eager_train_step,
+                                           make_model, measure_conv_peak, measure_data, memory_kind, path_settings,
+                                           profile_step, release, timed)
+from farnet.commands.bench.roofline import floors, flop_totals, measure_bandwidth, network_costs
 from farnet.commands.bench.summary import (AUTHORS_CPU_INFERENCE_S, AUTHORS_CPU_ISA, AUTHORS_CPU_TRAIN_STEP_S,
                                            AUTHORS_FORWARD_GFLOP, AUTHORS_REFERENCE, AUTHORS_STEP_GFLOP,
                                            SCHEMA_VERSION, add_ratios, cpu_isa, device_name, device_peak,
@@ -157,17 +158,24 @@ def run_benchmark(settings: BenchSettings, *, log: Callable[[str], None] = lambd
     log(f"farnet bench on {device_name(device)}: {size_hw[0]}x{size_hw[1]}, batches {list(settings.batches)}, "
         f"{settings.warmup} warm-up + {settings.repeats} timed runs; 'auto' here = {auto.describe()}")
     log(f"peak: {peak['source']}")
-    flops = count_flops(spec, auto)
+    bandwidth = measure_bandwidth(device, repeats=2 if settings.quick else 5)
+    costs = network_costs(spec, auto)
+    flops = flop_totals(costs)
+    roofline = floors(costs, peak, bandwidth, auto)
     log(f"FLOPs per image: forward {flops['forward_per_image'] / 1e9:.1f} G, "
         f"training step {flops['train_step_per_image'] / 1e9:.1f} G")
+    log(f"memory bandwidth: {bandwidth['bytes_per_s'] / 1e9:.1f} GB/s; roofline floor on this machine "
+        f"({auto.describe()}): training step {roofline['train']['floor_s']:.3f} s, "
+        f"inference {roofline['inference']['floor_s']:.3f} s")
     report = _report_head(settings, spec, auto, flops, peak)
+    report["roofline"] = roofline
     for path in paths:
         if isinstance(path, tuple):  # left out: recorded with the reason
             name, reason = path
             report["paths"][name] = {"status": "skipped", "reason": reason}
             continue
         report["paths"][path.name] = _measure(path, spec, settings, log)
-        add_ratios(report["paths"], flops, peak, device, size_hw)
+        add_ratios(report["paths"], flops, peak, device, size_hw, roofline)
         save(report)  # a long CPU run that is killed keeps the paths it finished
     if settings.cache is not None:
         report["data"] = measure_data(settings.cache, device, settings.num_workers, settings.data_steps, log)

@@ -123,7 +123,8 @@ def run_compiled(path: BenchPath, spec: dict, timeout_s: float, log: Callable[[s
 
 
 def _compile_worker(path: BenchPath, spec: dict, messages) -> None:
-    """Child process: compile the model, then time training and inference (batch 1 first)."""
+    """Child process: compile, then time training (the whole model under torch.compile) and inference (compiled
+    with freezing, :meth:`farnet.models.interface.HeatmapNetwork.compile_frozen`), batch 1 first."""
     try:
         device = torch.device(spec["device"])
         torch.set_num_threads(spec["threads"])
@@ -131,15 +132,16 @@ def _compile_worker(path: BenchPath, spec: dict, messages) -> None:
         order = [("train", spec["batches"][0]), ("inference", spec["batches"][0])]
         order += [(what, b) for what in ("train", "inference") for b in spec["batches"][1:]]
         for what, batch in order:
-            model = torch.compile(make_model(spec, device, path))
-            make = eager_train_step if what == "train" else eager_inference
-            fn = make(model, path.fast, spec, batch)
+            if what == "train":  # the whole model compiled, as the compile step path trains it
+                fn = eager_train_step(torch.compile(make_model(spec, device, path)), path.fast, spec, batch)
+            else:  # compiled with freezing, as the evaluation and `farnet predict --compile` predict
+                fn = eager_inference(make_model(spec, device, path), path.fast, spec, batch, path="compile")
             t0 = time.perf_counter()
             fn()  # compiles
             sync(device)
             messages.put(("compile_s", what, batch, time.perf_counter() - t0))
             messages.put((what, batch, timed(fn, spec, device, batch)))
-            del fn, model
+            del fn
             torch._dynamo.reset()
         messages.put(("done",))
     # reported to the parent, which records it in the JSON

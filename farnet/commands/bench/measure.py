@@ -26,7 +26,7 @@ import torch
 from farnet.config import LossParams, ModelParams
 from farnet.training.engine import TrainOptions, make_loader
 from farnet.training.steps import make_stepper
-from farnet.core.fastpath import FastPath, autocast, resolve
+from farnet.core.fastpath import FastPath, resolve
 
 
 @dataclass(frozen=True)
@@ -108,15 +108,20 @@ def path_train_step(model, fast: FastPath, spec: dict, batch: int, path: str) ->
     return step
 
 
-def eager_inference(model, fast: FastPath, spec: dict, batch: int) -> Callable[[], None]:
-    from farnet.evaluation.loop import predict_landmarks
+def eager_inference(model, fast: FastPath, spec: dict, batch: int, path: str = "eager") -> Callable[[], None]:
+    """The evaluation's inference of a random batch from the host: the model made ready once
+    (:func:`farnet.models.interface.inference_network` on ``path``), then
+    :func:`farnet.evaluation.loop.predict_network` with argmax decoding. On ``compile`` the first call compiles
+    (time it after a warm-up)."""
+    from farnet.evaluation.loop import predict_network
+    from farnet.models.interface import inference_network
 
     images = make_inputs(spec, batch, torch.device("cpu"))[0][:, 0].numpy()  # (B, H, W) uint8 on the host
     device = spec["device"]
+    network = inference_network(model, device, fast, path)
 
     def infer() -> None:
-        predict_landmarks(model, images, batch_size=batch, device=device, precision=fast.precision,
-                          channels_last=fast.channels_last, decoders=("argmax",), progress=False)
+        predict_network(network, images, batch_size=batch, device=device, decoders=("argmax",), progress=False)
 
     return infer
 
@@ -230,34 +235,6 @@ def profile_step(fn: Callable[[], None], device: torch.device, top: int = 15) ->
             "groups": {g: {"s": s, "share": s / total} for g, s in sorted(groups.items(), key=lambda kv: -kv[1])},
             "top_ops": [{"op": k, "s": s, "share": s / total} for k, s in ranked],
             "method": f"torch.profiler, one run after warm-up; {attr} of aten ops"}
-
-
-def count_flops(spec: dict, fast: FastPath) -> dict:
-    """FLOPs of one image's forward pass and training step (forward + backward), by ``FlopCounterMode``.
-
-    Counted once at batch 1 with the eager ``fast`` path (FLOPs do not depend on precision or layout); a
-    batch of B costs B times as much.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    device = torch.device(spec["device"])
-    path = BenchPath("count", fast.precision, fast.channels_last)
-    model = make_model(spec, device, path)
-    step = eager_train_step(model, fast, spec, 1)
-    with FlopCounterMode(display=False) as counter:
-        step()
-    train_flops = counter.get_total_flops()
-    images = make_inputs(spec, 1, device)[0]
-    from farnet.models.interface import normalize
-
-    model.eval()
-    with torch.no_grad(), autocast(device, fast.precision), FlopCounterMode(display=False) as counter:
-        model(normalize(images).contiguous(memory_format=fast.memory_format))
-    del model, step
-    release(device)
-    return {"forward_per_image": counter.get_total_flops(), "train_step_per_image": train_flops,
-            "method": "torch.utils.flop_counter.FlopCounterMode, batch 1 (convolutions and matrix products; "
-                      "a multiply-add counts 2)"}
 
 
 class PeakMemory:

@@ -122,13 +122,22 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
-def add_ratios(results: dict, flops: dict, peak: dict, device: torch.device, size_hw: tuple[int, int]) -> None:
-    """Speed-ups (reference time ÷ this path's time, > 1 is faster), FLOP/s and the floor, in place."""
+# the plain fast path every other path is compared with: bf16 autocast + channels_last, eager (docs/design.md §7)
+PLAIN_FAST = "bf16+channels_last"
+
+
+def add_ratios(results: dict, flops: dict, peak: dict, device: torch.device, size_hw: tuple[int, int],
+               roofline: dict | None = None) -> None:
+    """Speed-ups (reference time ÷ this path's time, > 1 is faster), FLOP/s and the floor, in place.
+
+    The floor is the roofline floor measured in the run (:mod:`farnet.commands.bench.roofline`) where given, else
+    the FLOPs at the bf16 peak; each path is also compared with plain bf16 + channels_last eager (``PLAIN_FAST``).
+    """
     def median(path: dict, what: str, batch: str = "1") -> float | None:
         m = path.get(what, {}).get(batch)
         return m["median_s"] if m else None
 
-    base = results.get("fp32", {})
+    base, plain = results.get("fp32", {}), results.get(PLAIN_FAST, {})
     authors = device.type == "cpu" and tuple(size_hw) == (800, 640) and cpu_isa() == AUTHORS_CPU_ISA
     floor_peak = peak.get("bf16_flops_per_s")
     for path in results.values():
@@ -143,10 +152,14 @@ def add_ratios(results: dict, flops: dict, peak: dict, device: torch.device, siz
         ratios = {}
         for what, reference in (("train", AUTHORS_CPU_TRAIN_STEP_S),
                                 ("inference", AUTHORS_CPU_INFERENCE_S)):
-            t, t_fp32 = median(path, what), median(base, what)
+            t, t_fp32, t_plain = median(path, what), median(base, what), median(plain, what)
             ratios[f"{what}_speedup_vs_fp32"] = t_fp32 / t if t and t_fp32 else None
+            ratios[f"{what}_speedup_vs_plain_fast"] = t_plain / t if t and t_plain else None
             ratios[f"{what}_speedup_vs_authors"] = reference / t if t and authors else None
-            floor = per_flop[what] / floor_peak if floor_peak else None
+            if roofline is not None:
+                floor = roofline[what]["floor_s"]
+            else:
+                floor = per_flop[what] / floor_peak if floor_peak else None
             ratios[f"{what}_floor_s"] = floor
             ratios[f"{what}_time_over_floor"] = t / floor if t and floor else None
             best = max(path.get(what, {}).items(), key=lambda kv: kv[1]["images_per_s"], default=None)
@@ -205,25 +218,25 @@ def markdown_table(report: dict) -> str:
     for name, path in report["paths"].items():
         if path.get("status") in ("skipped", "failed", "timeout") and not path.get("train"):
             note = f"{path['status']}: {path.get('reason', '')}"
-            rows.append([name, "—", "", "", "", "—", "", "", "", "", "", "", note])
+            rows.append([name, "—", "", "", "", "—", "", "", "", "", "", "", "", "", note])
             continue
         r = path["ratios"]
         train1, infer1 = path["train"].get("1"), path["inference"].get("1")
         rows.append([
             name,
-            _num(train1 and train1["median_s"], 3), _ratio(r["train_speedup_vs_fp32"]),
-            _ratio(r["train_speedup_vs_authors"]),
+            _num(train1 and train1["median_s"], 3), _ratio(r["train_time_over_floor"]),
+            _ratio(r.get("train_speedup_vs_plain_fast")), _ratio(r["train_speedup_vs_fp32"]),
+            _num(infer1 and infer1["median_s"], 3), _ratio(r["inference_time_over_floor"]),
+            _ratio(r.get("inference_speedup_vs_plain_fast")), _ratio(r["inference_speedup_vs_fp32"]),
             f"{_num(r['train_best_images_per_s'], 2)} (b{r['train_best_batch']})",
-            _num(infer1 and infer1["median_s"], 3), _ratio(r["inference_speedup_vs_fp32"]),
-            _ratio(r["inference_speedup_vs_authors"]),
             f"{_num(r['inference_best_images_per_s'], 2)} (b{r['inference_best_batch']})",
             _num(train1 and train1["peak_memory_bytes"] / 2**20, 0),
             _rate(train1), _rate(infer1),
             "" if path.get("status") == "ok" else f"{path['status']}: {path.get('reason', '')}",
         ])
-    headers = ["path", "train s (b1)", "×fp32", "×authors", "train img/s (best b)", "infer s (b1)", "×fp32",
-               "×authors", "infer img/s (best b)", "train peak MiB", "train GFLOP/s (% peak)",
-               "infer GFLOP/s (% peak)", "note"]
+    headers = ["path", "train s (b1)", "×floor", f"vs {PLAIN_FAST}", "vs fp32", "infer s (b1)", "×floor",
+               f"vs {PLAIN_FAST}", "vs fp32", "train img/s (best b)", "infer img/s (best b)", "train peak MiB",
+               "train GFLOP/s (% peak)", "infer GFLOP/s (% peak)", "note"]
     peak = report["peak"]
     lines = [
         f"# farnet bench — {report['device_name']}",
@@ -240,17 +253,33 @@ def markdown_table(report: dict) -> str:
         "",
         tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
         "",
-        ("×fp32: speed-up over our fp32 at batch 1; ×authors: speed-up over the authors' implementation "
-         f"(fp32 eager, {AUTHORS_CPU_TRAIN_STEP_S:g} s per step, {AUTHORS_CPU_INFERENCE_S:g} s per inference "
-         f"on the project's 2-core {AUTHORS_CPU_ISA} CPU with a tuned malloc, docs/design.md §7; given on such a CPU "
-         "at 800×640 only)."),
+        (f"×floor: the path's batch-1 time as a multiple of the roofline floor below; vs {PLAIN_FAST} and vs "
+         f"fp32: speed-up over those eager paths at batch 1 (> 1× is faster). The JSON also holds the speed-up over "
+         f"the authors' implementation (fp32 eager, {AUTHORS_CPU_TRAIN_STEP_S:g} s per step, "
+         f"{AUTHORS_CPU_INFERENCE_S:g} s per inference on the project's 2-core {AUTHORS_CPU_ISA} CPU, docs/design.md "
+         "§7; given on such a CPU at 800×640 only)."),
         f"Peak: {peak['source']}. Memory: {s['memory']}.",
     ]
+    if report.get("roofline"):
+        lines.append(_roofline_line(report["roofline"]))
     if report.get("data"):
         d = report["data"]
         lines.append(f"Data path ({d['cache']}, {d['input_hw'][0]}×{d['input_hw'][1]}, {d['num_workers']} workers): "
                      f"median {_num(d['median_batch_s'] and d['median_batch_s'] * 1e3, 2)} ms per batch.")
     return "\n".join(lines) + "\n"
+
+
+def _roofline_line(roofline: dict) -> str:
+    """The limit, in one line: bandwidth and the floor of a training step and an inference, with their parts."""
+    parts = []
+    for what in ("train", "inference"):
+        f = roofline[what]
+        parts.append(f"{'training step' if what == 'train' else 'inference'} {f['floor_s']:.3f} s "
+                     f"({f['compute_bound_s']:.3f} s compute-bound, {f['memory_bound_s']:.3f} s memory-bound)")
+    return (f"Roofline floor ({roofline['path']}, batch 1): {'; '.join(parts)}; memory bandwidth "
+            f"{roofline['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s ({roofline['bandwidth']['method']}). Per "
+            "operation the larger of FLOPs ÷ the measured conv rate and bytes moved ÷ that bandwidth, summed; copies, "
+            "casts and layout changes left out.")
 
 
 def _auto(report: dict) -> str:
