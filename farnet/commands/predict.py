@@ -2,7 +2,7 @@
 
     farnet predict IMAGE... --model models/farnet/model.pt [--out predictions] [--spacing-mm S]
                    [--device cpu|cuda] [--batch-size 4] [--decode argmax|subpixel] [--min-confidence 0.25]
-                   [--keep-going]
+                   [--keep-going] [--compile]
 
 The network is rebuilt from the checkpoint's own metadata (``meta.params["model"]``, ``num_landmarks``,
 ``input_hw``), never from ``params.yaml``, so a model file is self-contained. Each image (BMP, PNG, JPEG, 8- or
@@ -46,9 +46,9 @@ from tqdm.auto import tqdm
 from farnet.data.imageio import exif_orientation_note, map_points, read_image_with_spacing, resize_grayscale
 from farnet.data.registry import DATASETS
 from farnet.core.errors import ConfigError, DataError, FarnetError, WriteError
-from farnet.core.fastpath import default_device, parse_device
+from farnet.core.fastpath import default_device, parse_device, resolve
 from farnet.evaluation.loop import locate_batch
-from farnet.models.interface import HeatmapNetwork
+from farnet.models.interface import INFERENCE_PATHS, describe_inference, inference_network
 from farnet.models.trained import TrainedModel, load_trained_model
 
 __all__ = ["TrainedModel", "Prediction", "load_trained_model", "predict_images", "write_prediction",
@@ -70,6 +70,7 @@ class Prediction:
         spacing_source: where the spacing came from ("dicom header", "--spacing-mm", "model default"), or None.
         confidence: (K,) float64, each landmark's heatmap maximum (NaN where the heatmap is not finite).
         warnings: what the user should check about this image (spacing, shape, low confidence).
+        inference: how it was predicted (:func:`farnet.models.interface.describe_inference`).
     """
 
     image_path: Path
@@ -79,6 +80,7 @@ class Prediction:
     spacing_source: str | None
     confidence: np.ndarray
     warnings: tuple[str, ...] = ()
+    inference: dict | None = None
 
     @property
     def landmarks_mm(self) -> np.ndarray | None:
@@ -136,13 +138,14 @@ def confidence_warning(confidence: np.ndarray, names: Sequence[str], min_confide
 def predict_images(trained: TrainedModel, paths: Sequence[str | Path], *, batch_size: int = 4,
                    device: str | torch.device = "cpu", spacing_mm: float | None = None, decode: str = "argmax",
                    progress: bool = True, errors: list | None = None,
-                   min_confidence: float = MIN_CONFIDENCE) -> Iterator[Prediction]:
+                   min_confidence: float = MIN_CONFIDENCE, path: str = "eager") -> Iterator[Prediction]:
     """Predict the landmarks of each image file, in order, ``batch_size`` images per forward pass.
 
     Args:
         errors: when given, a file that cannot be read is appended to it as ``(path, DataError)`` and skipped;
             otherwise its DataError is raised.
         min_confidence: a landmark whose heatmap maximum is below this gets the image a warning.
+        path: "eager" or "compile" (:func:`farnet.models.interface.inference_network`).
 
     Yields:
         One :class:`Prediction` per readable image.
@@ -150,7 +153,11 @@ def predict_images(trained: TrainedModel, paths: Sequence[str | Path], *, batch_
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     h_in, w_in = trained.input_hw
-    network = HeatmapNetwork(trained.model).to(device).eval()
+    if path not in INFERENCE_PATHS:
+        raise ConfigError(f"inference path {path!r} is not one of {', '.join(INFERENCE_PATHS)}")
+    # the fast path this device runs natively (bf16 autocast + channels_last where it has native bf16, as the
+    # evaluation measured the model; fp32 elsewhere)
+    network = inference_network(trained.model, device, resolve("auto", "auto", device), path)
     bar = tqdm(total=len(paths), unit="image", desc="predict", disable=not progress, dynamic_ncols=True)
     try:
         for start in range(0, len(paths), batch_size):
@@ -168,7 +175,8 @@ def predict_images(trained: TrainedModel, paths: Sequence[str | Path], *, batch_
             if not batch:
                 continue
             inputs = np.stack([resize_grayscale(image, (h_in, w_in)) for _, image, _ in batch])  # (B, H_in, W_in)
-            pred_in, peaks = locate_batch(network, inputs, device, (decode,), peaks=True)  # (B, K, 2), (B, K)
+            pred_in, peaks = locate_batch(network, inputs, device, (decode,), peaks=True,
+                                          pad_to=batch_size)  # (B, K, 2), (B, K)
             for (path, image, header_mm), points, confidence in zip(batch, pred_in[decode], peaks):
                 wh = (image.shape[1], image.shape[0])
                 points_px = map_points(points, (w_in, h_in), wh)  # x = (x_in + 0.5)·W/W_in − 0.5
@@ -179,7 +187,8 @@ def predict_images(trained: TrainedModel, paths: Sequence[str | Path], *, batch_
                 for text in warnings:
                     tqdm.write(f"{path}: warning: {text}", file=sys.stderr)
                 bar.update(1)
-                yield Prediction(path, image, points_px, spacing, source, confidence, warnings)
+                yield Prediction(path, image, points_px, spacing, source, confidence, warnings,
+                                 describe_inference(network))
     finally:
         bar.close()
 
@@ -226,6 +235,7 @@ def write_prediction(pred: Prediction, trained: TrainedModel, out_dir: str | Pat
         "spacing_mm": list(pred.spacing_mm) if pred.spacing_mm is not None else None,
         "spacing_source": pred.spacing_source,
         "decode": decode,
+        "inference": pred.inference,
         "model": {"file": str(trained.path), "dataset": meta.get("dataset"), "backbone": meta.get("backbone"),
                   "input_hw": list(trained.input_hw), "selected_epoch": meta.get("selected_epoch"),
                   "git_commit": meta.get("git_commit")},
@@ -314,6 +324,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing output files that an earlier `farnet predict` did not write")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the network for inference (torch.compile with freezing): faster per image, "
+                             "but compiling takes a minute or more, so it pays off over many images (docs/speed.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -331,7 +344,8 @@ def run(args: argparse.Namespace) -> int:
     written = 0
     for pred in predict_images(trained, images, batch_size=args.batch_size, device=device,
                                spacing_mm=args.spacing_mm, decode=args.decode, progress=not args.no_progress,
-                               errors=errors, min_confidence=args.min_confidence):
+                               errors=errors, min_confidence=args.min_confidence,
+                               path="compile" if args.compile else "eager"):
         write_prediction(pred, trained, args.out, decode=args.decode, min_confidence=args.min_confidence)
         written += 1
     print(f"wrote landmarks of {written} image(s) to {args.out}")

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from farnet.evaluation.heatmaps import DECODERS, decode_guided
-from farnet.models.interface import HeatmapNetwork, Heatmaps, final_heatmaps
+from farnet.models.interface import HeatmapNetwork, Heatmaps, check_on_device, eval_mode, final_heatmaps
 from farnet.evaluation.metrics import OUTLIER_MM, per_landmark, radial_error_mm, summarize
 
 
@@ -26,19 +26,36 @@ def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int =
                       precision: str = "fp32", channels_last: bool = False,
                       decoders: Sequence[str] = ("argmax", "subpixel"), progress: bool = True,
                       desc: str = "predict", guided_radius_px: int = 30) -> dict[str, np.ndarray]:
-    """Landmarks of (N, H, W) uint8 images at input resolution, one (N, K, 2) array per decoder.
+    """Landmarks of (N, H, W) uint8 images at input resolution, one (N, K, 2) array per decoder, eager.
 
-    Decoders: as :func:`locate_batch`, ``batch_size`` images per forward pass.
+    The model is run as the caller keeps it: already on ``device`` and in its own memory format (``channels_last``
+    sets the input's); it runs in eval mode during the call and gets its own modes back after it. Nothing of it
+    is moved or converted: the training loop's monitor predicts with the live model, whose optimiser state must
+    go on matching its parameters. (A loaded model is made ready once by
+    :func:`farnet.models.interface.inference_network` and run by :func:`predict_network`.)
+
+    Raises:
+        ValueError: the model is not on ``device``.
     """
-    device = torch.device(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format).eval()
-    network = HeatmapNetwork(model, precision, channels_last)
+    check_on_device(model, device)
+    with eval_mode(model):
+        return predict_network(HeatmapNetwork(model, precision, channels_last), images, batch_size=batch_size,
+                               device=device, decoders=decoders, progress=progress, desc=desc,
+                               guided_radius_px=guided_radius_px)
+
+
+@torch.no_grad()
+def predict_network(network: HeatmapNetwork, images: np.ndarray, *, batch_size: int = 4,
+                    device: str | torch.device = "cpu", decoders: Sequence[str] = ("argmax", "subpixel"),
+                    progress: bool = True, desc: str = "predict", guided_radius_px: int = 30) -> dict[str, np.ndarray]:
+    """Landmarks of (N, H, W) uint8 images through a network ready on ``device`` (eager or compiled), one
+    (N, K, 2) array per decoder (:func:`locate_batch`), ``batch_size`` images per forward pass; a compiled
+    network's last batch is padded to ``batch_size``, so it compiles once."""
     out: dict[str, list[np.ndarray]] = {name: [] for name in decoders}
-    n = images.shape[0]
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+    for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, unit="batch", disable=not progress,
+                      dynamic_ncols=True):
         points, _ = locate_batch(network, images[start:start + batch_size], device, decoders,
-                                 guided_radius_px=guided_radius_px)
+                                 guided_radius_px=guided_radius_px, pad_to=batch_size)
         for name in decoders:
             out[name].append(points[name])
     return {name: np.concatenate(parts) for name, parts in out.items()}
@@ -47,7 +64,7 @@ def predict_landmarks(model: nn.Module, images: np.ndarray, *, batch_size: int =
 @torch.no_grad()
 def locate_batch(network: HeatmapNetwork, images: np.ndarray, device: str | torch.device,
                  decoders: Sequence[str] = ("argmax",), *, guided_radius_px: int = 30,
-                 peaks: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+                 peaks: bool = False, pad_to: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """One batch through the network: upload, forward, decode, download.
 
     The one place a batch is decoded, for the evaluation (:func:`predict_landmarks`) and ``farnet predict``.
@@ -59,17 +76,23 @@ def locate_batch(network: HeatmapNetwork, images: np.ndarray, device: str | torc
         network: the model with its input normalisation, already on ``device`` and in eval mode.
         images: (B, H, W) uint8 at the network's input size (a memory-mapped slice is copied out first).
         peaks: also return each landmark's heatmap maximum.
+        pad_to: for a compiled network (:meth:`~farnet.models.interface.HeatmapNetwork.compile_frozen`), a
+            shorter batch is padded with blank images to this many (their results dropped), so it compiles once.
 
     Returns:
         Decoder name -> (B, K, 2) float64 (x, y) in input pixels, and the (B, K) float64 heatmap maxima (None
         unless ``peaks``).
     """
+    n = len(images)
+    short = max(0, pad_to - n) if pad_to and network.compiled else 0
     batch = torch.from_numpy(np.array(images)).unsqueeze(1)  # (B, 1, H, W), copied out of the mmap
+    if short:
+        batch = torch.cat([batch, batch.new_zeros((short, *batch.shape[1:]))])
     heads = network.heads(batch.to(device))
     heatmaps = final_heatmaps(heads, tuple(batch.shape[-2:]))  # (B, K, H, W) fp32
-    points = {name: _decode(name, heads, heatmaps, guided_radius_px).cpu().numpy().astype(np.float64)
+    points = {name: _decode(name, heads, heatmaps, guided_radius_px)[:n].cpu().numpy().astype(np.float64)
               for name in decoders}
-    maxima = heatmaps.flatten(2).amax(dim=-1).cpu().numpy().astype(np.float64) if peaks else None  # (B, K)
+    maxima = heatmaps[:n].flatten(2).amax(dim=-1).cpu().numpy().astype(np.float64) if peaks else None  # (B, K)
     return points, maxima
 
 

@@ -15,11 +15,12 @@ import torch
 from farnet.config import Params
 from farnet.data.registry import get_dataset
 from farnet.data.views import load_split, read_dataset_info
-from farnet.evaluation.loop import evaluate_split, predict_landmarks
-from farnet.core.fastpath import default_device, resolve_channels_last, resolve_precision
+from farnet.evaluation.loop import evaluate_split, predict_network
+from farnet.core.fastpath import default_device, resolve
 from farnet.core.errors import DataError
 from farnet.core.fileio import read_json_object, write_csv, write_json
 from farnet.core import provenance
+from farnet.models.interface import HeatmapNetwork, default_inference_path, describe_inference, inference_network
 from farnet.models.trained import TrainedModel, load_trained_model
 
 
@@ -37,7 +38,9 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
     train_info = _read_train_info(model_dir / "train_info.json")  # checked before anything is evaluated or written
     prepared = prepared_root / params.data.dataset
     metrics, per_lm, preds = {}, [], []
-    for split in evaluate_splits(params, prepared, trained, default_device(), progress=progress):
+    device = default_device()
+    network = evaluation_network(params, trained, device, default_inference_path())
+    for split in evaluate_splits(params, prepared, trained, device, progress=progress, network=network):
         metrics.update(split.metrics)
         per_lm.append(split.per_landmark)
         preds.append(split.predictions)
@@ -45,8 +48,8 @@ def evaluate_run(params: Params, prepared_root: Path, model_dir: Path, results: 
     write_json(results / "metrics" / f"{name}.json", metrics)
     write_csv(results / "per_landmark" / f"{name}.csv", pd.concat(per_lm, ignore_index=True))
     write_csv(results / "predictions" / f"{name}.csv", pd.concat(preds, ignore_index=True))
-    write_json(results / "runs" / f"{name}.json", run_info(trained.meta["params"], train_info,
-                                                           read_dataset_info(prepared)))
+    info = run_info(trained.meta["params"], train_info, read_dataset_info(prepared))
+    write_json(results / "runs" / f"{name}.json", {**info, "inference": describe_inference(network)})
     return metrics
 
 
@@ -75,21 +78,28 @@ class SplitResult:
     predictions: pd.DataFrame
 
 
+def evaluation_network(params: Params, trained: TrainedModel, device: torch.device,
+                       path: str = "eager") -> HeatmapNetwork:
+    """The loaded model ready to predict on ``device``, on the run's own fast path ("auto" decided here, as the
+    training decided it) and the inference ``path`` (:data:`farnet.models.interface.INFERENCE_PATHS`)."""
+    fast = resolve(params.train.precision, params.train.channels_last, device)
+    return inference_network(trained.model, device, fast, path)
+
+
 def evaluate_splits(params: Params, prepared: Path, trained: TrainedModel, device: torch.device, *,
-                    progress: bool = True) -> Iterator[SplitResult]:
+                    progress: bool = True, network: HeatmapNetwork | None = None) -> Iterator[SplitResult]:
     """The trained model on each of the run's evaluation splits of the prepared dataset, one split at a time (a
-    caller can write each as soon as it is measured)."""
+    caller can write each as soon as it is measured); ``network``: the model made ready by
+    :func:`evaluation_network` (made here, eager, when not given)."""
     spec = get_dataset(params.data.dataset)
-    model, meta = trained.model, trained.meta
-    precision = resolve_precision(params.train.precision, device)  # "auto" decided once, here
-    channels_last = resolve_channels_last(params.train.channels_last, device, precision)
+    meta = trained.meta
+    network = network or evaluation_network(params, trained, device)
     info = read_dataset_info(prepared)
     for split in spec.eval_splits(params.data.fold):
         view = load_split(prepared, split, tuple(meta["input_hw"]))
-        pred = predict_landmarks(model, view.images, batch_size=params.eval.batch_size, device=device,
-                                 precision=precision, channels_last=channels_last, progress=progress,
-                                 desc=f"evaluate {split}", decoders=DECODE_COLUMNS,
-                                 guided_radius_px=max(1, round(params.eval.guided_radius * meta["input_hw"][0])))
+        pred = predict_network(network, view.images, batch_size=params.eval.batch_size, device=device,
+                               progress=progress, desc=f"evaluate {split}", decoders=DECODE_COLUMNS,
+                               guided_radius_px=max(1, round(params.eval.guided_radius * meta["input_hw"][0])))
         summaries, table, rows = evaluate_split(pred, view, params.eval.sdr_radii_mm, error_unit(spec.unit, view),
                                                 angles=info["extras"].get("cobb_angles_deg"))
         metrics = {split: summaries["argmax"]}  # the paper's decoding

@@ -32,6 +32,7 @@ from farnet.training.losses import build_loss
 from farnet.models.factory import build_model
 from farnet.training.steps import default_step_path
 from farnet.core import provenance
+from farnet.core.fastpath import resolve
 
 
 # How a run is watched, fed or saved, never what it trains: a change of these resumes an interrupted run (the
@@ -255,10 +256,12 @@ def _validator(params: Params, spec, prepared: Path, device: torch.device):
     if params.eval.select != "best_test1":
         return None
     val = load_split(prepared, "test1", params.input_hw)
+    fast = resolve(params.train.precision, params.train.channels_last, device)  # the live model's own layout
 
     def validate(net) -> float:
         pred = predict_landmarks(net, val.images, batch_size=params.eval.batch_size, device=device,
-                                 precision=params.train.precision, decoders=("argmax",), progress=False)
+                                 precision=fast.precision, channels_last=fast.channels_last, decoders=("argmax",),
+                                 progress=False)
         return evaluate_split(pred, val, params.eval.sdr_radii_mm, spec.unit)[0]["argmax"]["mre_mm"]
 
     return validate
@@ -269,12 +272,14 @@ def _monitor(params: Params, spec, prepared: Path, device: torch.device):
     10 mm) on each of the dataset's evaluation splits. It only draws the learning curve: no epoch is chosen by it
     (``eval.select`` alone chooses)."""
     views = [load_split(prepared, split, params.input_hw) for split in spec.eval_splits(params.data.fold)]
+    fast = resolve(params.train.precision, params.train.channels_last, device)  # the live model's own layout
 
     def monitor(net) -> dict[str, float]:
         values = {}
         for view in views:
             pred = predict_landmarks(net, view.images, batch_size=params.eval.batch_size, device=device,
-                                     precision=params.train.precision, decoders=("argmax",), progress=False)
+                                     precision=fast.precision, channels_last=fast.channels_last,
+                                     decoders=("argmax",), progress=False)
             summary = evaluate_split(pred, view, params.eval.sdr_radii_mm, spec.unit)[0]["argmax"]
             for key in ("mre_mm", "mre_px", "outliers_pct"):
                 if key in summary:

@@ -3,6 +3,7 @@ predicts the same landmarks as fp32 on a real radiograph (bf16 autocast and chan
 torch.compile and CUDA graphs on CUDA only, since compiling FARNet on a 2-core CPU takes minutes)."""
 
 import contextlib
+import copy
 
 import numpy as np
 import pytest
@@ -172,7 +173,7 @@ def _heatmaps(model, images_u8, fast: FastPath) -> torch.Tensor:
     from farnet.models.interface import normalize
     from farnet.models.interface import final_heatmaps
 
-    model.to(memory_format=fast.memory_format)
+    model = copy.deepcopy(model).to(memory_format=fast.memory_format)
     x = normalize(torch.from_numpy(np.array(images_u8)).unsqueeze(1)).contiguous(memory_format=fast.memory_format)
     with torch.no_grad(), autocast(torch.device("cpu"), fast.precision):
         return final_heatmaps(model(x), INPUT_HW).float()  # (1, K, H, W)
@@ -194,7 +195,8 @@ def test_fast_path_predicts_the_same_landmarks_as_fp32(trained_on_001, fast):
     error_px = np.linalg.norm(reference - cache.landmarks, axis=-1)
     assert np.mean(error_px <= 5) >= 0.8, f"the fixture did not learn the landmarks: errors {error_px.round(1)}"
 
-    predicted = predict_landmarks(model, cache.images, device="cpu", precision=fast.precision,
+    net = copy.deepcopy(model).to(memory_format=fast.memory_format)  # predict_landmarks runs a model as it is
+    predicted = predict_landmarks(net, cache.images, device="cpu", precision=fast.precision,
                                   channels_last=fast.channels_last, decoders=("argmax",), progress=False)["argmax"]
     offset_px = np.abs(predicted - reference).max(axis=-1)  # (1, K) Chebyshev distance
     assert np.mean(offset_px <= 1) >= 0.95, f"{fast.describe()}: landmark offsets from fp32 {offset_px}"
@@ -215,8 +217,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_compiled_and_graphed_inference_predict_the_same_landmarks_as_fp32(trained_on_001, way):
     """torch.compile and CUDA graphs (on what "auto" picks on this GPU) against fp32 on the CPU: every landmark
     within 1 px of fp32's in x and in y at the input resolution (cuDNN's TF32/bf16 arithmetic included)."""
-    import copy
-
     from farnet.commands.bench.compiled import graphed_inference
     from farnet.evaluation.loop import predict_landmarks
 
@@ -233,3 +233,70 @@ def test_compiled_and_graphed_inference_predict_the_same_landmarks_as_fp32(train
         predicted = graphed_inference(gpu_model, fast, spec, 1, images=images)().numpy()
     offset_px = np.abs(predicted - reference).max(axis=-1)
     assert np.mean(offset_px <= 1) >= 0.95, f"{way}: landmark offsets from fp32 {offset_px}"
+
+
+# ---- the default paths against plain fp32 eager on a small network -------------------------------------------
+
+
+def _fit(fast: FastPath, steps: int = 30, lr: float = 1e-2) -> tuple[nn.Module, nn.Module]:
+    """TinyNet (with batch norm) trained ``steps`` Adam steps on seeded batches on ``fast``: (initial, trained)."""
+    torch.manual_seed(0)
+    model = TinyNet(k=3, batch_norm=True)
+    initial = copy.deepcopy(model)
+    model.to(memory_format=fast.memory_format).train()
+    data = RandomLandmarks(n=4, hw=(32, 32), k=3)
+    optimizer = build_optimizer("adam", model.parameters(), lr)
+    loss_fn = ExponentialWeightedCenterLoss(40)
+    for step in range(steps):
+        i = [step % 4, (step + 1) % 4]
+        train_step(model, data.images[i], data.points[i], optimizer, loss_fn, 2.0, fast)
+    return initial, model
+
+
+def _maps(model: nn.Module) -> torch.Tensor:
+    """The model's fp32 heatmaps of the four training images, eval mode, on a copy."""
+    from farnet.models.interface import final_heatmaps, normalize
+
+    net = copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        return final_heatmaps(net(normalize(RandomLandmarks(n=4, hw=(32, 32), k=3).images)), (32, 32))
+
+
+def test_the_default_training_path_trains_to_the_model_of_fp32_eager():
+    """What "auto" trains on here (bf16 autocast + channels_last on a CPU with native bf16, else fp32) against
+    plain fp32 eager from the same start on the same batches: the trained heatmaps differ by at most 5 % of what
+    training changed in them (measured: bf16 ~2 %, as much as one step fewer of fp32; channels_last alone 0.5 %).
+    Adam's per-weight steps amplify rounding in weights that barely move, so the trained models are compared,
+    not the weights. A run at 1.5 times the learning rate differs by ~16 %: the bound tells them apart."""
+    initial, reference = _fit(FastPath("fp32", False))
+    start, target = _maps(initial), _maps(reference)
+
+    def distance(model) -> float:
+        return float((_maps(model) - target).norm() / (target - start).norm())
+
+    for fast, tolerance in ((resolve("auto", "auto", "cpu"), 0.05), (FastPath("bf16", True), 0.05),
+                            (FastPath("fp32", True), 0.02)):
+        assert distance(_fit(fast)[1]) <= tolerance, fast.describe()
+    assert distance(_fit(FastPath("fp32", False), lr=1.5e-2)[1]) > 0.05  # another training is told apart
+
+
+def test_compiled_inference_predicts_the_same_landmarks_as_eager():
+    """The compiled path (torch.compile with freezing: batch norm folded into the convs, weights as constants)
+    on a trained network with batch norm: the same argmax landmarks as eager, heatmaps within 1e-4 of their
+    maximum; a batch that does not fill ``batch_size`` is padded and still gives one prediction per image."""
+    from farnet.evaluation.loop import predict_network
+    from farnet.models.interface import describe_inference, inference_network
+
+    _, model = _fit(FastPath("fp32", False))
+    images = RandomLandmarks(n=5, hw=(32, 32), k=3).images[:, 0].numpy()  # (5, 32, 32): batches of 2, 2, 1
+    eager = inference_network(copy.deepcopy(model), "cpu", FastPath("fp32", False))
+    compiled = inference_network(copy.deepcopy(model), "cpu", FastPath("fp32", False), path="compile")
+    assert describe_inference(compiled)["path"] == "compile" and describe_inference(eager)["path"] == "eager"
+    expected = predict_network(eager, images, batch_size=2, decoders=("argmax",), progress=False)["argmax"]
+    got = predict_network(compiled, images, batch_size=2, decoders=("argmax",), progress=False)["argmax"]
+    assert got.shape == expected.shape == (5, 3, 2)
+    np.testing.assert_array_equal(got, expected)
+    x = torch.from_numpy(images[:2]).unsqueeze(1)
+    with torch.no_grad():
+        reference_maps = eager(x)
+        assert float((compiled(x) - reference_maps).abs().max()) <= 1e-4 * float(reference_maps.abs().max())

@@ -234,3 +234,58 @@ def test_a_run_past_its_time_budget_stops_after_the_step(tmp_path, monkeypatch):
     result = fit(make(), opts, tmp_path, "c", budget=TrainBudget(seconds=5.0, probe_steps=100), log=clock.tick)
     assert (result.steps, result.stopped, result.reduced_by, result.epochs) == (5, "time", None, 3)
     assert len(result.history) == 2 and result.history[-1]["steps_in_epoch"] == 2
+
+
+def _layouts(model, optimizer):
+    """Each parameter's strides and those of its Adam moments: what a monitor must leave as it found them."""
+    return [(tuple(p.stride()), *(tuple(optimizer.state[p][k].stride()) for k in ("exp_avg", "exp_avg_sq")))
+            for p in model.parameters() if p in optimizer.state]
+
+
+def test_a_monitor_predicting_with_the_live_model_leaves_its_layout_and_training_unchanged(tmp_path, monkeypatch):
+    """The monitor and best_test1 validation run the evaluation's predict_landmarks on the model being trained
+    (channels_last on the fast path): it must not move the model to another layout, under a live optimiser
+    whose moments keep the old one, nor change what the run trains to."""
+    import numpy as np
+
+    from farnet.evaluation.loop import predict_landmarks
+    from farnet.training import engine
+
+    steppers = []
+    real = engine.make_stepper
+    monkeypatch.setattr(engine, "make_stepper", lambda *a, **k: steppers.append(real(*a, **k)) or steppers[-1])
+    images = Data().images[:, 0].numpy()
+    seen = []
+
+    def monitor(model):
+        seen.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4))
+        # an input layout other than the weights': the inputs follow it, the weights stay as they are
+        pred = predict_landmarks(model, images, device="cpu", precision="fp32", channels_last=False,
+                                 decoders=("argmax",), progress=False)["argmax"]
+        assert np.isfinite(pred).all() and model.training is False  # the engine put it in eval mode
+        return {"test1/mre_mm": 1.0}
+
+    opts = TrainOptions(epochs=4, sigma_px=2.0, lr=1e-2, batch_size=2, channels_last=True, monitor_every=1, seed=3)
+    watched, plain = make(), make()
+    fit(watched, opts, tmp_path / "watched", "w", monitor=monitor)
+    fit(plain, opts, tmp_path / "plain", "p")
+    assert seen == [True] * 4  # still channels_last at every monitor after the first
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in watched.parameters() if p.dim() == 4)
+    assert _layouts(watched, steppers[0].optimizer) == _layouts(plain, steppers[1].optimizer)
+    for a, b in zip(watched.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)  # the monitor changed nothing the run trains to
+
+
+def test_predict_landmarks_never_moves_the_callers_model():
+    import numpy as np
+
+    from farnet.evaluation.loop import predict_landmarks
+
+    model = make().to(memory_format=torch.channels_last).train()
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+    predict_landmarks(model, Data().images[:3, 0].numpy(), device="cpu", channels_last=False, progress=False)
+    assert model.training and all(m.training for m in model.modules())  # its own mode back
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
+    with pytest.raises(ValueError, match="not cpu: move it first"):
+        predict_landmarks(make().to("meta"), np.zeros((1, 16, 16), np.uint8), device="cpu", progress=False)
