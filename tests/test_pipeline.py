@@ -108,6 +108,7 @@ def test_stages_end_to_end_on_real_images(mirror_root, tmp_path):
     run = json.loads((results / "runs/farnet.json").read_text())
     assert run["profile"] == "tiny" and run["data_source"] == "mirror" and not run["full_set"]
     assert run["precision"] == "auto" and run["fast_path"] not in ("", "auto")  # what "auto" became is recorded
+    assert run["inference"]["path"] == "eager" and run["fast_path"].startswith(run["inference"]["precision"])
     _run("tables", "--results", results, "--raw", raw, env=env)
     table = (results / "tables/table3.md").read_text()
     assert "REDUCED RUN" in table and "FARNet (paper)" in table and "FARNet (ours, tiny)" in table

@@ -472,3 +472,26 @@ def test_an_exif_rotated_image_says_its_frame_in_the_outputs(tmp_path, tiny):
                      "--no-progress"]) == 0
     warnings = json.loads((tmp_path / "out" / "turned.json").read_text())["warnings"]
     assert any("EXIF Orientation 8" in w and "coordinates are in the stored frame" in w for w in warnings)
+
+
+def test_predict_runs_the_devices_fast_path_and_compiled_predicts_the_same(tmp_path, tiny):
+    """`farnet predict` predicts on the fast path "auto" picks for the device and says so in each JSON;
+    `--compile` (torch.compile with freezing; a last batch of 1 padded to the batch of 2) writes the same
+    landmarks."""
+    from farnet.core.fastpath import resolve
+
+    for i in range(3):
+        Image.fromarray(np.roll(make_image(), 9 * i, axis=1)).save(tmp_path / f"{i}.png")
+    ckpt = write_model(tmp_path / "model.pt", k=3)
+    images = [str(tmp_path / f"{i}.png") for i in range(3)]
+    landmarks = {}
+    for way, extra in (("eager", []), ("compile", ["--compile"])):
+        out = tmp_path / way
+        assert cli.main(["predict", *images, "--model", str(ckpt), "--out", str(out), "--batch-size", "2",
+                         "--no-progress", *extra]) == 0
+        docs = [read_outputs(out, str(i))[1] for i in range(3)]
+        fast = resolve("auto", "auto", "cpu")
+        assert all(d["inference"] == {"precision": fast.precision, "channels_last": fast.channels_last,
+                                      "path": way} for d in docs)
+        landmarks[way] = [[(lm["x_px"], lm["y_px"]) for lm in d["landmarks"]] for d in docs]
+    assert landmarks["compile"] == landmarks["eager"]

@@ -300,3 +300,17 @@ def test_compiled_inference_predicts_the_same_landmarks_as_eager():
     with torch.no_grad():
         reference_maps = eager(x)
         assert float((compiled(x) - reference_maps).abs().max()) <= 1e-4 * float(reference_maps.abs().max())
+
+
+def test_the_inference_path_comes_from_the_environment(monkeypatch):
+    from farnet.models.interface import default_inference_path, inference_network
+
+    monkeypatch.delenv("FARNET_INFERENCE_PATH", raising=False)
+    assert default_inference_path() == "eager"
+    monkeypatch.setenv("FARNET_INFERENCE_PATH", "compile")
+    assert default_inference_path() == "compile"
+    monkeypatch.setenv("FARNET_INFERENCE_PATH", "jit")
+    with pytest.raises(ConfigError, match="FARNET_INFERENCE_PATH: 'jit' is not one of eager, compile"):
+        default_inference_path()
+    with pytest.raises(ValueError, match="inference path 'jit'"):
+        inference_network(TinyNet(), "cpu", FastPath("fp32", False), path="jit")
