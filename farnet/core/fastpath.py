@@ -118,6 +118,18 @@ def autocast(device: str | torch.device, precision: str, cache_enabled: bool = T
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
 
 
+def path_from_environment(variable: str, paths: tuple[str, ...]) -> str:
+    """The path a variable such as ``FARNET_STEP_PATH`` names, else the first of ``paths`` (the default).
+
+    Raises:
+        ConfigError: naming the variable, for a value that is not one of ``paths``.
+    """
+    name = os.environ.get(variable, "").strip() or paths[0]
+    if name not in paths:
+        raise ConfigError(f"{variable}: {name!r} is not one of {', '.join(paths)}")
+    return name
+
+
 def default_device() -> torch.device:
     """``FARNET_DEVICE`` if set (checked by :func:`parse_device`), else CUDA when available, else CPU."""
     name = os.environ.get("FARNET_DEVICE")

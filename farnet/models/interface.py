@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from farnet.core.errors import ConfigError
-from farnet.core.fastpath import FastPath, autocast, device_constant
+from farnet.core.fastpath import FastPath, autocast, device_constant, path_from_environment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -134,12 +133,7 @@ def default_inference_path() -> str:
     Raises:
         ConfigError: naming the variable, for a value that is not an inference path.
     """
-    import os
-
-    name = os.environ.get("FARNET_INFERENCE_PATH", "").strip() or "eager"
-    if name not in INFERENCE_PATHS:
-        raise ConfigError(f"FARNET_INFERENCE_PATH: {name!r} is not one of {', '.join(INFERENCE_PATHS)}")
-    return name
+    return path_from_environment("FARNET_INFERENCE_PATH", INFERENCE_PATHS)
 
 
 def inference_network(model: nn.Module, device: str | torch.device, fast: FastPath,

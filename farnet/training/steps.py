@@ -25,15 +25,13 @@ not assumed: ``farnet bench`` and ``farnet replicate`` time them on the device b
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from farnet.training import distributed
-from farnet.core.errors import ConfigError
-from farnet.core.fastpath import FastPath, autocast, memory_format_of
+from farnet.core.fastpath import FastPath, autocast, memory_format_of, path_from_environment
 from farnet.evaluation.heatmaps import encode_heatmaps, scale_points
 from farnet.models.interface import Heatmaps, normalize
 
@@ -52,10 +50,7 @@ def default_step_path() -> str:
     Raises:
         ConfigError: naming the variable, for a value that is not a step path.
     """
-    name = os.environ.get("FARNET_STEP_PATH", "").strip() or "eager"
-    if name not in STEP_PATHS:
-        raise ConfigError(f"FARNET_STEP_PATH: {name!r} is not one of {', '.join(STEP_PATHS)}")
-    return name
+    return path_from_environment("FARNET_STEP_PATH", STEP_PATHS)
 
 
 def build_optimizer(name: str, parameters, lr: float, *, fused: bool = False,

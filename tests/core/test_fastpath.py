@@ -302,15 +302,25 @@ def test_compiled_inference_predicts_the_same_landmarks_as_eager():
         assert float((compiled(x) - reference_maps).abs().max()) <= 1e-4 * float(reference_maps.abs().max())
 
 
-def test_the_inference_path_comes_from_the_environment(monkeypatch):
-    from farnet.models.interface import default_inference_path, inference_network
+@pytest.mark.parametrize("variable, read, paths", [
+    ("FARNET_STEP_PATH", "farnet.training.steps.default_step_path", ("eager", "deferred", "graph", "compile")),
+    ("FARNET_INFERENCE_PATH", "farnet.models.interface.default_inference_path", ("eager", "compile"))])
+def test_the_step_and_inference_paths_come_from_the_environment(monkeypatch, variable, read, paths):
+    import importlib
 
-    monkeypatch.delenv("FARNET_INFERENCE_PATH", raising=False)
-    assert default_inference_path() == "eager"
-    monkeypatch.setenv("FARNET_INFERENCE_PATH", "compile")
-    assert default_inference_path() == "compile"
-    monkeypatch.setenv("FARNET_INFERENCE_PATH", "jit")
-    with pytest.raises(ConfigError, match="FARNET_INFERENCE_PATH: 'jit' is not one of eager, compile"):
-        default_inference_path()
+    module, name = read.rsplit(".", 1)
+    default_path = getattr(importlib.import_module(module), name)
+    monkeypatch.delenv(variable, raising=False)
+    assert default_path() == "eager"
+    monkeypatch.setenv(variable, paths[-1])
+    assert default_path() == paths[-1]
+    monkeypatch.setenv(variable, "fastest")
+    with pytest.raises(ConfigError, match=f"{variable}: 'fastest' is not one of {', '.join(paths)}"):
+        default_path()
+
+
+def test_an_inference_path_is_checked():
+    from farnet.models.interface import inference_network
+
     with pytest.raises(ValueError, match="inference path 'jit'"):
         inference_network(TinyNet(), "cpu", FastPath("fp32", False), path="jit")

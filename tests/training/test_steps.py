@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from farnet.core.errors import ConfigError, TrainingDiverged
+from farnet.core.errors import TrainingDiverged
 from farnet.core.fastpath import FastPath, device_constant
 from farnet.training.engine import RunSettings, train
 from farnet.training.losses import ExponentialWeightedCenterLoss
 from farnet.training.options import TrainOptions
-from farnet.training.steps import (STEP_PATHS, Stepper, build_optimizer, default_step_path, make_stepper,
+from farnet.training.steps import (STEP_PATHS, Stepper, build_optimizer, make_stepper,
                                    optimizer_settings)
 from helpers import RandomLandmarks, TinyNet
 
@@ -165,13 +165,3 @@ def test_a_bad_loss_on_the_deferred_path_stops_at_the_next_read(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"at epoch 2, one of steps 1\.\.2"):
         train(TinyNet(), RandomLandmarks(), Exploding(40), options, tmp_path,
               RunSettings(fingerprint="f", progress=False, step_path="deferred", read_every=5))
-
-
-def test_the_train_stage_steps_on_the_path_the_environment_names(monkeypatch):
-    monkeypatch.delenv("FARNET_STEP_PATH", raising=False)
-    assert default_step_path() == "eager"
-    monkeypatch.setenv("FARNET_STEP_PATH", "deferred")
-    assert default_step_path() == "deferred"
-    monkeypatch.setenv("FARNET_STEP_PATH", "fastest")
-    with pytest.raises(ConfigError, match="FARNET_STEP_PATH: 'fastest' is not one of eager, deferred, graph"):
-        default_step_path()
