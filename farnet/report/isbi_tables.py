@@ -14,37 +14,89 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from farnet.report import intervals
 from farnet.report.columns import BEYOND_ARGMAX, ours_vs_paper, split_metrics
 from farnet.report.gpu import GpuRun, method_label
 from farnet.report.paper import check_gpu_run
 from farnet.report.results import TEST_SPLITS, Results, TableRuns
 
 
-def methods_table(results: Results, paper_table: Mapping[str, Any], runs: TableRuns) -> pd.DataFrame:
+def methods_table(results: Results, paper_table: Mapping[str, Any], runs: TableRuns,
+                  seeds: TableRuns | None = None) -> pd.DataFrame:
     """Tables 1 and 2: for each of the paper's methods, its row, ours and ours − paper (``Source`` column).
+
+    Beyond the paper, in columns of their own (:mod:`farnet.report.intervals`): each row of ours gets the 95 %
+    intervals of its MRE and SDR@2mm over the test images; every row gets its MRE's difference from the FARNet
+    row of its own source (the row marked ``farnet: true``: the paper's differences beside ours), and ours the
+    paired interval of that difference and a verdict ("better", "worse", "not resolved"); and a row of ours that
+    follows the paper's protocol (profile ``paper``) says whether the paper's MRE lies inside our interval.
 
     Args:
         results: the results folder.
         paper_table: ``table1`` or ``table2`` of :func:`~farnet.report.paper.load_paper_tables`.
         runs: :func:`~farnet.report.paper.table1_runs` or :func:`~farnet.report.paper.table2_runs` output.
+        seeds: FARNet's seed replicates (:func:`~farnet.report.paper.seed_runs`): with the FARNet row's run, the
+            SD between seeds that a difference must also exceed to be resolved.
     """
     radii = paper_table["radii_mm"]
+    split = paper_table["split"]
+    reference_row = next((r for r in paper_table["rows"] if r.get("farnet")), None)
+    reference = _errors(results, runs.rows.get(reference_row["method"]) if reference_row else None, split)
+    seed_sd = _seed_sd(results, [runs.rows.get(reference_row["method"]) if reference_row else None,
+                                 *(seeds.present if seeds else [])], split)
     rows = []
     for paper_row in paper_table["rows"]:
         method, run = paper_row["method"], runs.rows[paper_row["method"]]
         theirs = split_metrics(paper_row, radii, where=f"paper {method}")
-        rows.append({"Method": method, "Source": "paper", **theirs})
+        rows.append({"Method": method, "Source": "paper", **theirs,
+                     DELTA: theirs["MRE"] - reference_row["mre_mm"] if reference_row else np.nan})
         if run is None:
             rows.append({"Method": method, "Source": "ours: not run", **{k: np.nan for k in theirs}})
             continue
-        mine = split_metrics(results.metrics(run, paper_table["split"]), radii, where=f"ours {method} ({run})")
-        rows.append({"Method": method, "Source": "ours", **mine})
+        mine = split_metrics(results.metrics(run, split), radii, where=f"ours {method} ({run})")
+        rows.append({"Method": method, "Source": "ours", **mine,
+                     **_how_sure(results, run, split, reference, seed_sd, theirs["MRE"])})
         rows.append({"Method": method, "Source": "ours − paper", **{k: mine[k] - theirs[k] for k in theirs}})
     return pd.DataFrame(rows)
 
 
+DELTA = "Δ MRE vs FARNet"  # a row's MRE minus its source's FARNet row (beyond the paper)
+
+
+def _errors(results: Results, run: str | None, split: str) -> tuple[list[str], np.ndarray] | None:
+    """A run's (image ids, (N, K) errors in mm) on ``split``, argmax; None without a run or predictions."""
+    if run is None or not results.has_predictions(run):
+        return None
+    return intervals.image_errors(results.predictions(run), split)
+
+
+def _seed_sd(results: Results, runs: Sequence[str | None], split: str) -> float | None:
+    """The SD of FARNet's MRE over its seed replicates (None with fewer than two)."""
+    values = [results.metrics(run, split)["mre_mm"] for run in runs if run is not None]
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def _how_sure(results: Results, run: str, split: str, reference: tuple[list[str], np.ndarray] | None,
+              seed_sd: float | None, paper_mre: float) -> dict[str, Any]:
+    """The interval columns of one row of ours (see :func:`methods_table`); none without its predictions."""
+    if not results.has_predictions(run):
+        return {}
+    ids, errors = intervals.image_errors(results.predictions(run), split)
+    ranges = intervals.error_intervals(errors)
+    out = {f"{name} 95% CI": intervals.format_interval(low, high) for name, (_, low, high) in ranges.items()}
+    if results.info(run)["profile"] == "paper":  # only a run of the paper's protocol is compared so
+        out["paper MRE in CI"] = intervals.inside(paper_mre, *ranges["MRE"][1:])
+    if reference is not None:
+        difference, low, high = intervals.paired_difference(errors, ids, reference[1], reference[0])
+        out.update({DELTA: difference, "Δ 95% CI": intervals.format_interval(low, high),
+                    "verdict": intervals.verdict(difference, low, high, seed_sd),
+                    "seed SD": np.nan if seed_sd is None else seed_sd})
+    return out
+
+
 def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
-           paper: Mapping[str, Any], gpu: GpuRun | None = None) -> dict[str, pd.DataFrame]:
+           paper: Mapping[str, Any], gpu: GpuRun | None = None,
+           predictions: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Table 3 (ISBI 2015, Test1 and Test2) with our row, plus the ours-vs-paper comparison.
 
     Args:
@@ -55,6 +107,9 @@ def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
         gpu: the run imported into ``results/gpu/``: one more row (argmax, ``source = ours, GPU``), labelled by
             :func:`farnet.report.gpu.method_label`, and ``Ours (GPU)`` / ``Difference (GPU)`` columns in the
             comparison. None: the table as without it.
+        predictions: the run's predictions: each row of ours then gets the 95 % intervals of its MRE and
+            SDR@2mm on each test set over the images (:mod:`farnet.report.intervals`), and, for a run of the
+            paper's protocol (profile ``paper``), whether the paper's FARNet MRE lies inside them.
 
     Returns:
         ``{"table3": …, "ours_vs_paper": …}``. ``table3`` has columns ``Method, Input size, Test1 MRE,
@@ -75,13 +130,16 @@ def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
     rows, paper_farnet = _paper_rows(section, radii)
 
     ours = _table3_values(metrics, radii, "metrics")
-    rows.append(_table3_row(f"FARNet (ours, {profile})", our_size, ours, "ours"))
+    protocol = profile == "paper"
+    rows.append({**_table3_row(f"FARNet (ours, {profile})", our_size, ours, "ours"),
+                 **_table3_intervals(predictions, "argmax", paper_farnet if protocol else None)})
     columns = {}  # comparison column suffix → our values under it, beside the main "Ours"
     for suffix, (short, label) in BEYOND_ARGMAX.items():
         if all(f"{split}{suffix}" in metrics for split in TEST_SPLITS):
             values = _table3_values(metrics, radii, "metrics", suffix=suffix)
-            rows.append(_table3_row(f"FARNet (ours, {profile}, {label})", our_size, values,
-                                    "ours, beyond the paper"))
+            rows.append({**_table3_row(f"FARNet (ours, {profile}, {label})", our_size, values,
+                                       "ours, beyond the paper"),
+                         **_table3_intervals(predictions, suffix.lstrip("_"), None)})
             columns[(f"{short}, beyond the paper", short)] = values
     if gpu is not None:
         check_gpu_run(gpu, section)
@@ -89,6 +147,22 @@ def table3(metrics: Mapping[str, Any], run_info: Mapping[str, Any],
         rows.append(_table3_row(method_label(gpu), _size_label(gpu.run["input_hw"]), values, "ours, GPU"))
         columns[("GPU", "GPU")] = values
     return {"table3": pd.DataFrame(rows), "ours_vs_paper": _comparison(ours, paper_farnet, columns)}
+
+
+def _table3_intervals(predictions: pd.DataFrame | None, decode: str,
+                      paper_farnet: Mapping[str, float] | None) -> dict[str, str]:
+    """Each test set's MRE and SDR@2mm intervals over its images for one decoder (nothing without predictions),
+    and whether the paper's FARNet MRE lies inside ours (given ``paper_farnet``: a run of the paper's protocol)."""
+    if predictions is None or decode not in set(predictions["decode"]):
+        return {}
+    out = {}
+    for key, label in TEST_SPLITS.items():
+        ranges = intervals.error_intervals(intervals.image_errors(predictions, key, decode)[1])
+        for name, (_, low, high) in ranges.items():
+            out[f"{label} {name} 95% CI"] = intervals.format_interval(low, high)
+        if paper_farnet is not None:
+            out[f"paper {label} MRE in CI"] = intervals.inside(paper_farnet[f"{label} MRE"], *ranges["MRE"][1:])
+    return out
 
 
 def _paper_rows(section: Mapping[str, Any], radii: Sequence[str]) -> tuple[list[dict], dict[str, float]]:

@@ -116,6 +116,11 @@ class Results:
             return df
         return df.assign(error_mm=_finite(df, "error_mm", path))
 
+    def has_predictions(self, run: str) -> bool:
+        """Whether the run's predictions are here (a checkout without the pipeline's outputs has its metrics and
+        run info alone: tables are then built without the intervals that need the predictions)."""
+        return self._path("predictions", run, ".csv").is_file()
+
     def per_landmark(self, run: str) -> pd.DataFrame:
         """A run's error per split, decoder and landmark: :data:`PER_LANDMARK_COLUMNS` and
         ``mre_mm, sd_mm`` (``mre_px, sd_px`` for a dataset without a mm unit).

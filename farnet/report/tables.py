@@ -49,11 +49,13 @@ def make_tables(results_dir: Path, raw_root: Path) -> list[Path]:
     written: list[Path] = []
     if farnet is not None:
         header = runs_header(results, t3) + (gpu_header(gpu, results.info(farnet)) if gpu is not None else "")
-        written += write("table3", table3(results.metrics(farnet), results.info(farnet), paper, gpu), header,
+        written += write("table3", table3(results.metrics(farnet), results.info(farnet), paper, gpu,
+                                          results.predictions(farnet) if results.has_predictions(farnet) else None),
+                         header,
                          "Table 3: FARNet vs prior methods on the ISBI 2015 cephalometric dataset")
-    written += write("table1", methods_table(results, paper["table1"], t1), runs_header(results, t1),
+    written += write("table1", methods_table(results, paper["table1"], t1, seeds), runs_header(results, t1),
                      "Table 1: backbones on ISBI 2015 Test1 (MRE in mm, SDR in %)")
-    written += write("table2", methods_table(results, paper["table2"], t2), runs_header(results, t2),
+    written += write("table2", methods_table(results, paper["table2"], t2, seeds), runs_header(results, t2),
                      "Table 2: ablations on ISBI 2015 Test1 (MRE in mm, SDR in %)")
     written += write("table4", table4(results, paper["table4"], hand),
                      runs_header(results, hand) + hand_sample_note(results, hand),

@@ -272,7 +272,9 @@ def test_table1_one_farnet_run_per_backbone(tmp_path, paper):
     assert runs.rows == {"VGG-16": "first_try", "VGG-19": None, "ResNet-101": None, "ResNet-152": None,
                          "DenseNet-169": None, "DenseNet-121": "farnet"}
     df = methods_table(results, paper["table1"], runs)
-    assert list(df.columns) == ["Method", "Source", "MRE", "2mm", "2.5mm", "3mm", "4mm"]
+    # no predictions here: the interval columns are left out; the paper's rows have their difference from FARNet
+    assert list(df.columns) == ["Method", "Source", "MRE", "2mm", "2.5mm", "3mm", "4mm", "Δ MRE vs FARNet"]
+    assert _rows(df, "VGG-16").loc["paper", "Δ MRE vs FARNet"] == pytest.approx(1.44 - 1.12)
     vgg16 = _rows(df, "VGG-16")
     assert vgg16.loc["paper", "MRE"] == 1.44 and vgg16.loc["ours", "MRE"] == 1.50
     assert vgg16.loc["ours − paper", "MRE"] == pytest.approx(1.50 - 1.44)
@@ -468,3 +470,54 @@ def test_make_tables_writes_the_committed_file_names(tmp_path):
     assert pd.read_csv(tmp_path / "tables" / "decoding.csv")["Run"].drop_duplicates().tolist() == [
         "farnet", "farnet_seed1"]
     assert "> **No run of this table has results yet.**" in (tmp_path / "tables" / "table5.md").read_text()
+
+
+def _noisy_errors(shift: float, seed: int, n: int = 150, k: int = 19) -> list[list[float]]:
+    """(n, k) radial errors around 1.5 mm plus ``shift``, the same images for every seed (noise by ``seed``)."""
+    base = np.random.default_rng(0).gamma(2.0, 0.75, (n, k))
+    return (base + shift + np.random.default_rng(seed).normal(0.0, 0.1, (n, k))).clip(0.0).tolist()
+
+
+def test_table2_rows_get_intervals_paired_differences_and_verdicts(tmp_path, paper):
+    """Each row of ours: its 95 % intervals over the 150 Test1 images, its MRE minus FARNet's on the same
+    images with the paired interval, and a verdict; seed replicates of FARNet widen what counts as resolved."""
+    from farnet.report.paper import seed_runs
+
+    def run(name, shift, seed=0, **info):
+        errors = _noisy_errors(shift, seed + 10 * len(name))
+        mre = float(np.mean(errors))
+        write_run(tmp_path, name, {"test1": split(mre, [80.0, 85.0, 90.0, 95.0])},
+                  preds=predictions({"test1": errors}), seed=seed, **info)
+
+    run("ewc", 0.0)
+    run("aw", 0.4, loss="awing")  # clearly worse
+    run("cat", 0.0, refinement="none", loss="l2")  # as good, up to its own noise
+    results = Results(tmp_path)
+    runs = table2_runs(results, paper["table2"])
+    df = methods_table(results, paper["table2"], runs, seed_runs(results, paper["table3"]))
+    aw, cat, ewc = (_rows(df, m).loc["ours"] for m in ("MSFA+FR+AW", "MSFA", "MSFA+FR+EWC"))
+    assert aw["verdict"] == "worse" and aw["Δ MRE vs FARNet"] == pytest.approx(0.4, abs=0.05)
+    low, high = map(float, aw["Δ 95% CI"].split("–"))
+    assert 0 < low < aw["Δ MRE vs FARNet"] < high
+    assert cat["verdict"] == "not resolved" and ewc["verdict"] == "not resolved" and ewc["Δ MRE vs FARNet"] == 0
+    low, high = map(float, aw["MRE 95% CI"].split("–"))
+    assert low < aw["MRE"] < high and "2mm 95% CI" in df.columns
+    assert np.isnan(aw["seed SD"]) and "paper MRE in CI" not in df.columns  # quick runs: not the protocol
+    assert _rows(df, "MSFA+FR+AW").loc["paper", "Δ MRE vs FARNet"] == pytest.approx(1.15 - 1.12)
+    # two more seeds of FARNet whose MRE spread is larger than the AW row's difference: no longer resolved
+    run("ewc_s1", 0.5, seed=1)
+    run("ewc_s2", -0.5, seed=2)
+    results = Results(tmp_path)
+    df = methods_table(results, paper["table2"], table2_runs(results, paper["table2"]),
+                       seed_runs(results, paper["table3"]))
+    aw = _rows(df, "MSFA+FR+AW").loc["ours"]
+    assert aw["seed SD"] == pytest.approx(0.5, abs=0.05) and aw["verdict"] == "not resolved"
+
+
+def test_a_run_of_the_papers_protocol_says_whether_the_papers_number_is_inside_its_interval(tmp_path, paper):
+    errors = _noisy_errors(-0.38, 1)  # about 1.12 mm: the paper's FARNet
+    write_run(tmp_path, "farnet", {"test1": split(float(np.mean(errors)), [88.0, 92.0, 95.0, 98.0])},
+              preds=predictions({"test1": errors}), profile="paper")
+    results = Results(tmp_path)
+    df = methods_table(results, paper["table2"], table2_runs(results, paper["table2"]))
+    assert _rows(df, "MSFA+FR+EWC").loc["ours", "paper MRE in CI"] == "yes"
