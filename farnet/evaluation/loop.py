@@ -150,6 +150,9 @@ def evaluate_split(pred_input: dict[str, np.ndarray], view, radii_mm: Sequence[f
             "x_pred": pred_orig[..., 0].ravel(), "y_pred": pred_orig[..., 1].ravel(),
             "x_true": true[..., 0].ravel(), "y_true": true[..., 1].ravel(),
             "error_px": errors_px.ravel(), "error_mm": error_mm.ravel(),
+            # each image's original size: the spine's fractional coordinates (and their intervals) need it
+            "width": np.repeat(np.asarray(view.original_wh)[:, 0], k),
+            "height": np.repeat(np.asarray(view.original_wh)[:, 1], k),
         }))
     return summaries, pd.concat(per_lm, ignore_index=True), pd.concat(rows, ignore_index=True)
 

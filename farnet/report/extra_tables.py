@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from farnet.evaluation.metrics import summarize
+from farnet.report import intervals
 from farnet.report.columns import BEYOND_ARGMAX, EXTRA_RADII_MM, OUTLIERS, split_metrics
 from farnet.report.results import TEST_SPLITS, Results
 
@@ -74,6 +75,24 @@ def seeds_table(results: Results, runs: Sequence[str]) -> pd.DataFrame:
         values = pd.DataFrame([split_metrics(results.metrics(run, split), EXTRA_RADII_MM) for run in runs])
         rows.append({"Split": split, "runs": len(runs), **{f"{c} mean": values[c].mean() for c in values},
                      **{f"{c} SD": values[c].std(ddof=1) if len(runs) > 1 else np.nan for c in values}})
+    return pd.DataFrame(rows)
+
+
+def seed_intervals_table(results: Results, runs: Sequence[str]) -> pd.DataFrame:
+    """Each seed replicate's MRE and SDR@2mm per test set, with its 95 % interval over the images
+    (:mod:`farnet.report.intervals`; empty where the run's predictions are not here)."""
+    rows = []
+    for run in runs:
+        preds = results.predictions(run) if results.has_predictions(run) else None
+        for split in TEST_SPLITS:
+            m = results.metrics(run, split)
+            row = {"Split": split, "run": run, "seed": results.info(run)["seed"], "MRE": m["mre_mm"],
+                   "2mm": m["sdr"]["2.0"]}
+            if preds is not None:
+                ranges = intervals.error_intervals(intervals.image_errors(preds, split)[1])
+                row.update({f"{name} 95% CI": intervals.format_interval(low, high)
+                            for name, (_, low, high) in ranges.items()})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 

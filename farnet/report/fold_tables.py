@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from farnet.data.registry import get_dataset
 from farnet.evaluation.metrics import summarize
+from farnet.report import intervals
 from farnet.report.columns import radius_label
 from farnet.report.results import Results, TableRuns
 
@@ -38,19 +40,26 @@ def table4(results: Results, paper_table: Mapping[str, Any], runs: TableRuns) ->
     if not runs.present:
         rows.append({"Method": "FARNet (ours)", "Source": "ours: not run"})
         return pd.DataFrame(rows)
-    preds = pd.concat([results.predictions(run) for run in runs.present])
-    argmax = preds[preds["decode"] == "argmax"]
-    k = argmax["landmark"].nunique()
-    errors = argmax["error_mm"].to_numpy().reshape(-1, k)  # (N, K): rows are written image by image
+    errors = np.concatenate([  # (N, K): each fold's test images, pooled
+        intervals.image_errors(results.predictions(run), _test_split(results, run))[1] for run in runs.present])
     summary = summarize(errors, [float(r) for r in radii])
     ours = {"MRE": summary["mre_mm"], "SD": summary["sd_mm"],
             **{radius_label(r): summary["sdr"][f"{float(r):.1f}"] for r in radii}}
     paper_farnet = next(r for r in rows if r["Method"].startswith("FARNet"))
     profile = results.info(runs.first)["profile"]
-    rows.append({"Method": f"FARNet (ours, {profile})", "Source": "ours", **ours, "images": errors.shape[0]})
+    ranges = {f"{name} 95% CI": intervals.format_interval(low, high)
+              for name, (_, low, high) in intervals.error_intervals(errors).items()}
+    rows.append({"Method": f"FARNet (ours, {profile})", "Source": "ours", **ours, "images": errors.shape[0],
+                 **ranges})
     rows.append({"Method": "ours − paper FARNet", "Source": "ours − paper",
                  **{key: ours[key] - paper_farnet[key] for key in ours}, "images": np.nan})
     return pd.DataFrame(rows)
+
+
+def _test_split(results: Results, run: str) -> str:
+    """The split a fold's run is tested on (its dataset's first evaluation split for its fold)."""
+    info = results.info(run)
+    return get_dataset(info["dataset"]).eval_splits(info["fold"])[0]
 
 
 def table5(results: Results, paper_table: Mapping[str, Any], runs: TableRuns) -> pd.DataFrame:
@@ -73,7 +82,7 @@ def table5(results: Results, paper_table: Mapping[str, Any], runs: TableRuns) ->
         per_fold = [results.metrics(run, f"fold{results.info(run)['fold']}_val" if split == "fold_val" else split)
                     for run in runs.present]
         row = {"Method": f"FARNet (ours, {profile}, {len(per_fold)} folds)", "Source": "ours", "Split": label,
-               **_fold_mean_and_sd(per_fold)}
+               **_fold_mean_and_sd(per_fold), **_spine_intervals(results, runs.present, split)}
         rows.append(row)
         if split == "test":
             rows.append({"Method": "ours − paper FARNet", "Source": "ours − paper", "Split": label,
@@ -89,3 +98,34 @@ def _fold_mean_and_sd(per_fold: list[Mapping[str, Any]]) -> dict[str, float]:
     return {"MSE": mse.mean(), "MSE SD (folds)": mse.std(ddof=1) if len(mse) > 1 else np.nan,
             "ρ": rho.mean(), "ρ SD (folds)": rho.std(ddof=1) if len(rho) > 1 else np.nan,
             "Cobb SMAPE % (beyond the paper)": np.nanmean(smape) if np.isfinite(smape).any() else np.nan}
+
+
+def _spine_intervals(results: Results, runs: list[str], split: str) -> dict[str, str]:
+    """95 % intervals over the images of the fold models' mean MSE and mean ρ on a split that every fold model
+    is tested on (the 50 held-out and the 128 AASCE images; not each fold's own validation images), from the
+    predictions in fractions of each image's size. Nothing when a run's predictions (or their image sizes) are
+    missing."""
+    if split == "fold_val" or not all(results.has_predictions(run) for run in runs):
+        return {}
+    folds = []  # per fold model: (N, K, 2) predicted and true fractional coordinates, images in one order
+    for run in runs:
+        rows = results.predictions(run)
+        rows = rows[(rows["split"] == split) & (rows["decode"] == "argmax")]
+        if rows.empty or not {"width", "height"} <= set(rows.columns):
+            return {}
+        rows = rows.sort_values(["image_id", "landmark"])
+        size = rows[["width", "height"]].to_numpy(dtype=np.float64)
+        n, k = rows["image_id"].nunique(), rows["landmark"].nunique()
+        pred = (rows[["x_pred", "y_pred"]].to_numpy() / size).reshape(n, k, 2)
+        true = (rows[["x_true", "y_true"]].to_numpy() / size).reshape(n, k, 2)
+        folds.append((pred, true))
+    per_image_mse = np.mean([((pred - true) ** 2).mean(axis=(1, 2)) for pred, true in folds], axis=0)
+    _, mse_low, mse_high = intervals.mean_interval(per_image_mse)
+
+    def mean_rho(images: np.ndarray) -> float:
+        return float(np.mean([np.corrcoef(pred[images].ravel(), true[images].ravel())[0, 1]
+                              for pred, true in folds]))
+
+    _, rho_low, rho_high = intervals.statistic_interval(mean_rho, len(per_image_mse))
+    return {"MSE 95% CI": intervals.format_interval(mse_low, mse_high, ".3g"),
+            "ρ 95% CI": intervals.format_interval(rho_low, rho_high, ".4f")}

@@ -112,11 +112,12 @@ def verdict(difference: float, low: float, high: float, seed_sd: float | None = 
     return "better" if difference < 0 else "worse"
 
 
-def format_interval(low: float, high: float, decimals: int = 2) -> str:
-    """``"1.72–1.90"`` (an en dash), or ``""`` when either end is missing."""
+def format_interval(low: float, high: float, spec: str = ".2f") -> str:
+    """``"1.72–1.90"`` (an en dash; each end formatted by ``spec``, e.g. ``".3g"`` for small numbers such as
+    the spine's MSE), or ``""`` when either end is missing."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return ""
-    return f"{low:.{decimals}f}–{high:.{decimals}f}"
+    return f"{low:{spec}}–{high:{spec}}"
 
 
 def inside(value: float | None, low: float, high: float) -> str:

@@ -23,6 +23,8 @@ SECTION_TITLES = {
     "table3": "Table 3 — comparison with prior methods on the ISBI 2015 cephalometric dataset "
               "(rows marked `paper` are copied from the paper)",
     "ours_vs_paper": "Ours vs paper (difference = ours − paper; MRE in mm, SDR in %)",
+    "over_seeds": "Mean and SD over the seeds",
+    "each_seed": "Each seed, with its 95 % interval over the test images (beyond the paper)",
 }
 
 

@@ -456,7 +456,8 @@ def test_make_tables_writes_the_committed_file_names(tmp_path):
     assert sorted(p.name for p in written) == sorted([
         "table3.md", "table3.csv", "table3_ours_vs_paper.csv", *(f"table{i}.{x}" for i in (1, 2, 4, 5)
                                                                  for x in ("md", "csv")),
-        "decoding.md", "decoding.csv", "seeds.md", "seeds.csv", "per_landmark.md", "per_landmark.csv",
+        "decoding.md", "decoding.csv", "seeds.md", "seeds.csv", "seeds_each_seed.csv", "per_landmark.md",
+        "per_landmark.csv",
         "summary.json"])
     assert all(p.parent == tmp_path / "tables" for p in written if p.name != "summary.json")
     summary = json.loads((tmp_path / "summary.json").read_text())  # the headline numbers, for `make exp-show`
@@ -521,3 +522,79 @@ def test_a_run_of_the_papers_protocol_says_whether_the_papers_number_is_inside_i
     results = Results(tmp_path)
     df = methods_table(results, paper["table2"], table2_runs(results, paper["table2"]))
     assert _rows(df, "MSFA+FR+EWC").loc["ours", "paper MRE in CI"] == "yes"
+
+
+def test_table4_gives_the_pooled_interval_over_the_hand_images(tmp_path, paper):
+    _hand_run(tmp_path, "hand_a", 1, [[1.0, 3.0], [1.5, 2.0], [0.5, 1.0]])
+    _hand_run(tmp_path, "hand_b", 3, [[2.0, 6.0], [1.0, 1.0]])
+    results = Results(tmp_path)
+    ours = table4(results, paper["table4"], fold_runs(results, paper["table4"])).set_index("Source").loc["ours"]
+    low, high = map(float, ours["MRE 95% CI"].split("–"))
+    assert ours["images"] == 5 and low < ours["MRE"] < high and "2mm 95% CI" in ours.index
+
+
+def _spine_predictions(split_name, true_px, noise, seed, size=(400.0, 1000.0)):
+    """Predictions of one spine split: (N, K, 2) true points plus seeded noise, in original pixels."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, points in enumerate(true_px):
+        for k, (x, y) in enumerate(points):
+            dx, dy = rng.normal(0.0, noise, 2)
+            rows.append({"split": split_name, "decode": "argmax", "image_id": f"{i:03d}", "landmark": k,
+                         "name": f"L{k + 1}", "x_pred": x + dx, "y_pred": y + dy, "x_true": x, "y_true": y,
+                         "error_px": float(np.hypot(dx, dy)), "error_mm": np.nan, "width": size[0],
+                         "height": size[1]})
+    return pd.DataFrame(rows)
+
+
+def test_table5_gives_intervals_of_the_fold_mean_mse_and_rho_over_the_images(tmp_path, paper):
+    """Each fold model's fractional MSE and ρ, averaged over the folds, with intervals over the images shared
+    by every fold (the held-out and AASCE sets); the folds' own validation images get none."""
+    true = np.random.default_rng(0).uniform([0, 0], [400, 1000], (40, 17, 2))
+    for fold, seed in ((1, 1), (2, 2)):
+        preds = pd.concat([_spine_predictions(s, true, 8.0, seed + 10 * j)
+                           for j, s in enumerate(("test", "aasce_test", f"fold{fold}_val"))])
+        write_run(tmp_path, f"spine_{fold}", _spine_metrics(fold, 0.0004, 0.99, 10.0), preds=preds,
+                  dataset="spine_boostnet", fold=fold)
+    results = Results(tmp_path)
+    df = table5(results, paper["table5"], fold_runs(results, paper["table5"]))
+    ours = df[df["Source"] == "ours"].set_index("Split")
+    expected_mse = np.mean([(8.0 / 400) ** 2, (8.0 / 1000) ** 2])  # the noise in fractions of each axis
+    for label in ("test (50)", "AASCE test (128)"):
+        low, high = map(float, ours.loc[label, "MSE 95% CI"].split("–"))
+        assert low < expected_mse < high
+        low, high = map(float, ours.loc[label, "ρ 95% CI"].split("–"))
+        assert 0.99 < low <= high < 1.0
+    assert pd.isna(ours.loc["fold validation", "MSE 95% CI"])
+
+
+def test_each_seed_gets_its_interval(tmp_path):
+    from farnet.report.extra_tables import seed_intervals_table
+
+    for run, seed in (("farnet", 0), ("rep", 1)):
+        errors = _noisy_errors(0.1 * seed, seed)
+        write_run(tmp_path, run, {"test1": split(float(np.mean(errors)), [80.0] * 4),
+                                  "test2": split(float(np.mean(errors[:100])), [70.0] * 4)},
+                  preds=predictions({"test1": errors, "test2": errors[:100]}), seed=seed)
+    df = seed_intervals_table(Results(tmp_path), ["farnet", "rep"]).set_index(["run", "Split"])
+    assert df.loc[("rep", "test1"), "seed"] == 1
+    low, high = map(float, df.loc[("farnet", "test2"), "MRE 95% CI"].split("–"))
+    assert low < df.loc[("farnet", "test2"), "MRE"] < high
+
+
+def test_table3_rows_of_ours_get_intervals_on_both_test_sets(tmp_path, paper):
+    errors1, errors2 = _noisy_errors(-0.38, 1), _noisy_errors(0.2, 2, n=100)
+    preds = pd.concat([predictions({"test1": errors1, "test2": errors2}),
+                       predictions({"test1": errors1, "test2": errors2}, decode="subpixel")])
+    metrics = {"test1": split(float(np.mean(errors1)), [88.0, 92.0, 95.0, 98.0]),
+               "test2": split(float(np.mean(errors2)), [70.0, 78.0, 85.0, 92.5])}
+    metrics.update({f"{s}_subpixel": metrics[s] for s in ("test1", "test2")})
+    df = table3(metrics, {**RUN, "profile": "paper"}, paper, predictions=preds)["table3"].set_index("Method")
+    ours = df.loc["FARNet (ours, paper)"]
+    for label in ("Test1", "Test2"):
+        low, high = map(float, ours[f"{label} MRE 95% CI"].split("–"))
+        assert low < ours[f"{label} MRE"] < high and ours[f"{label} 2mm 95% CI"]
+    assert ours["paper Test1 MRE in CI"] == "yes"  # about 1.12 mm: the paper's
+    assert ours["paper Test2 MRE in CI"] == "no"  # about 1.7 mm against the paper's 1.42
+    assert df.loc["FARNet (ours, paper, sub-pixel decoding)", "Test1 MRE 95% CI"]
+    assert pd.isna(df.loc["FARNet (paper)", "Test1 MRE 95% CI"])  # the paper's rows have none
