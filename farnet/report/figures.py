@@ -253,3 +253,43 @@ def plot_ours_vs_paper(df_ours_vs_paper: pd.DataFrame, out: str | Path, *, label
     fig.legend(handles, names, loc="outside lower center", ncols=len(series), fontsize=8)
     title_figure(fig, title, label)
     return save_figure(fig, out)
+
+
+def plot_forest(df_methods: pd.DataFrame, out: str | Path, *, label: str | None = None,
+                title: str = "Differences from FARNet") -> Path:
+    """A forest plot of a methods table (:func:`farnet.report.isbi_tables.methods_table`): for each row of ours,
+    its MRE minus FARNet's on the same images with the 95 % paired interval and its verdict, and beside it the
+    paper's difference from the paper's FARNet (a cross); a dashed line at 0.
+
+    Raises:
+        ValueError: no row of ours has a difference with an interval.
+    """
+    rows = []
+    for method, group in df_methods.groupby("Method", sort=False):
+        by = group.set_index("Source")
+        if "ours" not in by.index or not isinstance(by.loc["ours"].get("Δ 95% CI"), str) \
+                or not by.loc["ours", "Δ 95% CI"]:
+            continue
+        low, high = (float(v) for v in by.loc["ours", "Δ 95% CI"].split("–"))
+        rows.append((method, by.loc["ours", "Δ MRE vs FARNet"], low, high, by.loc["ours", "verdict"],
+                     by.loc["paper", "Δ MRE vs FARNet"] if "paper" in by.index else np.nan))
+    if not rows:
+        raise ValueError("no row of ours has a difference from FARNet with an interval")
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.8), layout="constrained")
+    y = np.arange(len(rows))[::-1]
+    colours = {"better": "tab:green", "worse": "tab:red", "not resolved": "tab:grey"}
+    for yi, (method, diff, low, high, verdict, paper) in zip(y, rows):
+        ax.errorbar(diff, yi, xerr=[[diff - low], [high - diff]], fmt="o", color=colours.get(verdict, "black"),
+                    capsize=3)
+        if np.isfinite(paper):
+            ax.plot(paper, yi - 0.25, "x", color="tab:blue")
+        ax.annotate(verdict, (high, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.axvline(0.0, color="black", linestyle="--", linewidth=0.8)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
+    ax.set_xlabel("MRE − FARNet's MRE on the same images (mm); > 0: worse than FARNet")
+    ax.plot([], [], "o", color="tab:grey", label="ours, 95 % interval over images")
+    ax.plot([], [], "x", color="tab:blue", label="the paper's difference")
+    ax.legend(loc="lower right", fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    title_figure(fig, title, label)
+    return save_figure(fig, out)

@@ -16,10 +16,10 @@ from farnet.core.coords import rescale_points
 from farnet.core.provenance import run_label
 from farnet.data.views import load_split
 from farnet.report.figures import (
-    plot_ewc_weight, plot_ours_vs_paper, plot_overlays, plot_per_landmark_mre, plot_sdr_curve,
+    plot_ewc_weight, plot_forest, plot_ours_vs_paper, plot_overlays, plot_per_landmark_mre, plot_sdr_curve,
 )
 from farnet.report.isbi_tables import methods_table, table3
-from farnet.report.paper import fold_runs, load_paper_tables, table1_runs, table2_runs, table3_runs
+from farnet.report.paper import fold_runs, load_paper_tables, seed_runs, table1_runs, table2_runs, table3_runs
 from farnet.report.results import Results
 from farnet.report.training_curves import plot_training_curves
 
@@ -28,7 +28,8 @@ def make_plots(results_dir: Path, prepared_root: Path, n_overlays: int = 4) -> l
     """Every figure of ``results/plots/`` for the runs the tables show; returns the paths written.
 
     From Table 3's run: the EWC curve (Fig. 4) with the α it was trained with, SDR curves, per-landmark MRE,
-    training curves and ours-vs-paper bars. Ours-vs-paper bars of Tables 1 and 2, and Fig. 5-style overlays
+    training curves and ours-vs-paper bars. Ours-vs-paper bars of Table 1, Table 2 as a forest plot of each
+    row's difference from FARNet with its interval (the paper's differences beside), and Fig. 5-style overlays
     of each dataset whose prepared images are here (ISBI: Table 3's run; hand and spine: the first fold run).
     """
     results = Results(results_dir)
@@ -53,13 +54,20 @@ def make_plots(results_dir: Path, prepared_root: Path, n_overlays: int = 4) -> l
         frames = table3(results.metrics(farnet), info, paper)
         written.append(plot_ours_vs_paper(frames["ours_vs_paper"], out / "table3_ours_vs_paper.png",
                                           label=label, title="Table 3: ours vs paper (FARNet row)"))
-    for name, runs in (("table1", table1_runs(results, paper["table1"])),
-                       ("table2", table2_runs(results, paper["table2"]))):
-        bars = _bars(methods_table(results, paper[name], runs))
-        if bars is not None:
-            written.append(plot_ours_vs_paper(bars, out / f"{name}_ours_vs_paper.png",
-                                              label=run_label(results.info(runs.first)),
-                                              title=f"{name.capitalize()}: Test1 MRE and SDR@2mm, ours vs paper"))
+    seeds = seed_runs(results, paper["table3"])
+    t1 = table1_runs(results, paper["table1"])
+    bars = _bars(methods_table(results, paper["table1"], t1, seeds))
+    if bars is not None:
+        written.append(plot_ours_vs_paper(bars, out / "table1_ours_vs_paper.png", label=run_label(results.info(t1.first)),
+                                          title="Table1: Test1 MRE and SDR@2mm, ours vs paper"))
+    t2 = table2_runs(results, paper["table2"])
+    if t2.first is not None:
+        try:
+            written.append(plot_forest(methods_table(results, paper["table2"], t2, seeds), out / "table2_forest.png",
+                                       label=run_label(results.info(t2.first)),
+                                       title="Table 2 on Test1: each row's MRE minus FARNet's (95 % intervals)"))
+        except ValueError:  # no differences with intervals (FARNet's row, or the predictions, missing)
+            pass
     overlay_runs = {paper["table3"]["dataset"]: farnet,
                     paper["table4"]["dataset"]: fold_runs(results, paper["table4"]).first,
                     paper["table5"]["dataset"]: fold_runs(results, paper["table5"]).first}

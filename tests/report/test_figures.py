@@ -187,7 +187,7 @@ def test_make_plots_draws_fig4_with_the_alpha_of_table3s_run(tmp_path, monkeypat
     assert alphas == [20.0]
     assert sorted(p.name for p in written) == [
         "ewc_weight.png", "isbi2015_per_landmark_mre.png", "isbi2015_sdr_curve.png", "table1_ours_vs_paper.png",
-        "table2_ours_vs_paper.png", "table3_ours_vs_paper.png", "training_curves.png"]
+        "table2_forest.png", "table3_ours_vs_paper.png", "training_curves.png"]
     assert all(p.parent == tmp_path / "plots" and png_size(p)[0] > 0 for p in written)
 
 
@@ -196,3 +196,27 @@ def test_make_plots_without_table3s_run_draws_no_fig4(tmp_path, monkeypatch):
     write_run(tmp_path, "vgg", isbi_metrics(1.5, 1.62), backbone="vgg16")
     written = make_plots(tmp_path, tmp_path / "no_prepared_data")
     assert alphas == [] and [p.name for p in written] == ["table1_ours_vs_paper.png"]
+
+
+def test_table2_forest_plot_draws_each_rows_difference_with_its_interval(tmp_path):
+    from farnet.report.figures import plot_forest
+    from farnet.report.isbi_tables import methods_table
+    from farnet.report.paper import load_paper_tables, table2_runs
+    from farnet.report.results import Results
+
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 0.75, (30, 4))
+    for run, shift, info in (("ewc", 0.0, {}), ("aw", 0.5, {"loss": "awing"}), ("msfa", -0.3, {"loss": "l2",
+                                                                                            "refinement": "none"})):
+        errors = (base + shift + rng.normal(0, 0.05, base.shape)).clip(0).tolist()
+        write_run(tmp_path, run, isbi_metrics(float(np.mean(errors)), 2.0), preds=predictions({"test1": errors}),
+                  **info)
+    paper = load_paper_tables()
+    results = Results(tmp_path)
+    df = methods_table(results, paper["table2"], table2_runs(results, paper["table2"]))
+    out = plot_forest(df, tmp_path / "forest.png", label="test runs")
+    assert png_size(out)[0] > 0
+    verdicts = df[df["Source"] == "ours"].set_index("Method")["verdict"]
+    assert verdicts.to_dict() == {"MSFA": "better", "MSFA+FR+AW": "worse", "MSFA+FR+EWC": "not resolved"}
+    with pytest.raises(ValueError, match="no row of ours"):
+        plot_forest(df[df["Source"] == "paper"], tmp_path / "none.png")
