@@ -32,7 +32,7 @@ paper: setup
 
 # The experiments with the headline numbers of every table (results/summary.json) and the params that differ
 exp-show: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp show --only-changed --drop '^results/(metrics|train)/' --md
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/farnet exp-show
 
 carry: setup
 	$(BIN)/farnet carry build --out data/carry/isbi2015-800x640.zip

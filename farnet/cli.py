@@ -21,6 +21,8 @@ COMMANDS = {
                                            "the data, e.g. node-local disk (build, info)"),
     "replicate": ("farnet.commands.replicate", "one run of the paper's protocol from a carry, without DVC: train, evaluate, "
                                       "benchmark, each result written as soon as it is known"),
+    "exp-show": ("farnet.commands.exp_show", "the experiments with the headline numbers and their intervals, and "
+                                              "the parameters that differ (what `make exp-show` prints)"),
     "replicate-import": ("farnet.commands.replicate_import", "import a `farnet replicate` output folder into results/gpu/ (Table 3's "
                                                          "GPU row) and results/benchmarks/cuda-<device>.json"),
 }
