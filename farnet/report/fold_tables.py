@@ -47,8 +47,10 @@ def table4(results: Results, paper_table: Mapping[str, Any], runs: TableRuns) ->
             **{radius_label(r): summary["sdr"][f"{float(r):.1f}"] for r in radii}}
     paper_farnet = next(r for r in rows if r["Method"].startswith("FARNet"))
     profile = results.info(runs.first)["profile"]
-    ranges = {f"{name} 95% CI": intervals.format_interval(low, high)
-              for name, (_, low, high) in intervals.error_intervals(errors).items()}
+    measured = intervals.error_intervals(errors)
+    ranges = {f"{name} 95% CI": intervals.format_interval(low, high) for name, (_, low, high) in measured.items()}
+    if profile == "paper":  # a run of the paper's protocol: is the paper's number inside our interval?
+        ranges["paper MRE in CI"] = intervals.inside(paper_farnet["MRE"], *measured["MRE"][1:])
     rows.append({"Method": f"FARNet (ours, {profile})", "Source": "ours", **ours, "images": errors.shape[0],
                  **ranges})
     rows.append({"Method": "ours − paper FARNet", "Source": "ours − paper",
@@ -82,7 +84,8 @@ def table5(results: Results, paper_table: Mapping[str, Any], runs: TableRuns) ->
         per_fold = [results.metrics(run, f"fold{results.info(run)['fold']}_val" if split == "fold_val" else split)
                     for run in runs.present]
         row = {"Method": f"FARNet (ours, {profile}, {len(per_fold)} folds)", "Source": "ours", "Split": label,
-               **_fold_mean_and_sd(per_fold), **_spine_intervals(results, runs.present, split)}
+               **_fold_mean_and_sd(per_fold),
+               **_spine_intervals(results, runs.present, split, paper_farnet if profile == "paper" else None)}
         rows.append(row)
         if split == "test":
             rows.append({"Method": "ours − paper FARNet", "Source": "ours − paper", "Split": label,
@@ -100,11 +103,13 @@ def _fold_mean_and_sd(per_fold: list[Mapping[str, Any]]) -> dict[str, float]:
             "Cobb SMAPE % (beyond the paper)": np.nanmean(smape) if np.isfinite(smape).any() else np.nan}
 
 
-def _spine_intervals(results: Results, runs: list[str], split: str) -> dict[str, str]:
+def _spine_intervals(results: Results, runs: list[str], split: str,
+                     paper_farnet: Mapping[str, Any] | None = None) -> dict[str, str]:
     """95 % intervals over the images of the fold models' mean MSE and mean ρ on a split that every fold model
     is tested on (the 50 held-out and the 128 AASCE images; not each fold's own validation images), from the
     predictions in fractions of each image's size. Nothing when a run's predictions (or their image sizes) are
-    missing."""
+    missing. With ``paper_farnet`` (a run of the paper's protocol), whether its MSE and ρ on the 50 held-out
+    images lie inside ours."""
     if split == "fold_val" or not all(results.has_predictions(run) for run in runs):
         return {}
     folds = []  # per fold model: (N, K, 2) predicted and true fractional coordinates, images in one order
@@ -127,5 +132,9 @@ def _spine_intervals(results: Results, runs: list[str], split: str) -> dict[str,
                               for pred, true in folds]))
 
     _, rho_low, rho_high = intervals.statistic_interval(mean_rho, len(per_image_mse))
-    return {"MSE 95% CI": intervals.format_interval(mse_low, mse_high, ".3g"),
-            "ρ 95% CI": intervals.format_interval(rho_low, rho_high, ".4f")}
+    out = {"MSE 95% CI": intervals.format_interval(mse_low, mse_high, ".3g"),
+           "ρ 95% CI": intervals.format_interval(rho_low, rho_high, ".4f")}
+    if paper_farnet is not None and split == "test":
+        out["paper MSE in CI"] = intervals.inside(paper_farnet["mse"], mse_low, mse_high)
+        out["paper ρ in CI"] = intervals.inside(paper_farnet["rho"], rho_low, rho_high)
+    return out

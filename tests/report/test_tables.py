@@ -598,3 +598,20 @@ def test_table3_rows_of_ours_get_intervals_on_both_test_sets(tmp_path, paper):
     assert ours["paper Test2 MRE in CI"] == "no"  # about 1.7 mm against the paper's 1.42
     assert df.loc["FARNet (ours, paper, sub-pixel decoding)", "Test1 MRE 95% CI"]
     assert pd.isna(df.loc["FARNet (paper)", "Test1 MRE 95% CI"])  # the paper's rows have none
+
+
+def test_tables_4_and_5_say_whether_the_papers_number_is_inside_for_a_paper_protocol_run(tmp_path, paper):
+    errors = [[0.6, 0.7], [0.5, 0.6], [0.7, 0.6], [0.6, 0.65]]  # about the paper's 0.62 mm
+    write_run(tmp_path, "hand_p", {"fold1_test": split(0.63, [97.0] * 3, HAND_RADII, n_images=4)},
+              preds=predictions({"fold1_test": errors}), dataset="hand_dha", fold=1, profile="paper",
+              images_present=895, images_listed=895)
+    true = np.random.default_rng(0).uniform([0, 0], [400, 1000], (40, 17, 2))
+    preds = pd.concat([_spine_predictions(s, true, 8.0, j) for j, s in enumerate(("test", "aasce_test"))])
+    write_run(tmp_path, "spine_p", _spine_metrics(1, 0.0002, 0.99, 10.0), preds=preds, dataset="spine_boostnet",
+              fold=1, profile="paper")
+    results = Results(tmp_path)
+    hand = table4(results, paper["table4"], fold_runs(results, paper["table4"])).set_index("Source").loc["ours"]
+    assert hand["paper MRE in CI"] == "yes"
+    spine = table5(results, paper["table5"], fold_runs(results, paper["table5"]))
+    test = spine[(spine["Source"] == "ours") & (spine["Split"] == "test (50)")].iloc[0]
+    assert test["paper MSE in CI"] == "no" and test["paper ρ in CI"] == "no"  # 0.0017 and 0.98: far off here
