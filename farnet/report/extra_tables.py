@@ -50,9 +50,12 @@ def inter_observer_table(results: Results, isbi_root: Path, run: str | None) -> 
 
 
 def decoding_table(results: Results, runs: Sequence[str]) -> pd.DataFrame:
-    """The decoders beyond the paper (sub-pixel, guided) against argmax, for each ISBI run on each test set."""
+    """The decoders beyond the paper (sub-pixel, guided) against argmax, for each ISBI run on each test set; with
+    the run's predictions, each decoder's MRE difference from argmax gets its paired 95 % interval over the
+    images and a verdict (:mod:`farnet.report.intervals`)."""
     rows = []
     for run in runs:
+        preds = results.predictions(run) if results.has_predictions(run) else None
         for split in TEST_SPLITS:
             a = split_metrics(results.metrics(run, split), EXTRA_RADII_MM)
             row = {"Run": run, "Split": split, "MRE argmax": a["MRE"], "2mm argmax": a["2mm"],
@@ -64,6 +67,12 @@ def decoding_table(results: Results, runs: Sequence[str]) -> pd.DataFrame:
                     continue
                 row.update({f"MRE {name}": b["MRE"], f"Δ MRE {name}": b["MRE"] - a["MRE"], f"2mm {name}": b["2mm"],
                             f"{OUTLIERS} {name}": b.get(OUTLIERS, np.nan)})
+                if preds is not None and suffix.lstrip("_") in set(preds["decode"]):
+                    ids, argmax = intervals.image_errors(preds, split)
+                    other_ids, other = intervals.image_errors(preds, split, suffix.lstrip("_"))
+                    diff, low, high = intervals.paired_difference(other, other_ids, argmax, ids)
+                    row.update({f"Δ {name} 95% CI": intervals.format_interval(low, high),
+                                f"{name} verdict": intervals.verdict(diff, low, high)})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -97,11 +106,19 @@ def seed_intervals_table(results: Results, runs: Sequence[str]) -> pd.DataFrame:
 
 
 def per_landmark_table(results: Results, run: str) -> pd.DataFrame:
-    """MRE and SD of each landmark (numbered from 1) per split, argmax decoding."""
+    """MRE and SD of each landmark (numbered from 1) per split, argmax decoding; with the run's predictions,
+    each landmark's MRE gets its 95 % interval over the images (:mod:`farnet.report.intervals`)."""
     per_lm = results.per_landmark(run)
     per_lm = per_lm[per_lm["decode"] == "argmax"]
     wide = per_lm.pivot_table(index=["landmark", "name"], columns="split", values=["mre_mm", "sd_mm"])
     wide.columns = [f"{split} {'MRE' if v == 'mre_mm' else 'SD'}" for v, split in wide.columns]
     wide = wide.reset_index()
+    if results.has_predictions(run):
+        preds = results.predictions(run)
+        for split in sorted(set(per_lm["split"]) & set(preds["split"])):
+            errors = intervals.image_errors(preds, split)[1]  # (N, K), columns in landmark order
+            ranges = [intervals.mean_interval(errors[:, k]) for k in range(errors.shape[1])]
+            wide[f"{split} MRE 95% CI"] = [intervals.format_interval(low, high) for _, low, high in
+                                           (ranges[int(k)] for k in wide["landmark"])]
     wide["landmark"] += 1
     return wide

@@ -615,3 +615,21 @@ def test_tables_4_and_5_say_whether_the_papers_number_is_inside_for_a_paper_prot
     spine = table5(results, paper["table5"], fold_runs(results, paper["table5"]))
     test = spine[(spine["Source"] == "ours") & (spine["Split"] == "test (50)")].iloc[0]
     assert test["paper MSE in CI"] == "no" and test["paper ρ in CI"] == "no"  # 0.0017 and 0.98: far off here
+
+
+def test_decoding_and_per_landmark_tables_get_intervals(tmp_path):
+    rng = np.random.default_rng(5)
+    errors = rng.gamma(2.0, 0.75, (60, 3))
+    finer = (errors - 0.2 + rng.normal(0, 0.05, errors.shape)).clip(0)  # sub-pixel: about 0.2 mm better
+    preds = pd.concat([predictions({"test1": errors.tolist(), "test2": errors[:40].tolist()}),
+                       predictions({"test1": finer.tolist(), "test2": finer[:40].tolist()}, decode="subpixel")])
+    write_run(tmp_path, "farnet", isbi_metrics(float(errors.mean()), float(errors[:40].mean())), preds=preds,
+              per_lm=per_landmark({"test1": list(errors.mean(axis=0)), "test2": list(errors[:40].mean(axis=0))}))
+    results = Results(tmp_path)
+    decoding = decoding_table(results, ["farnet"]).set_index("Split")
+    assert decoding.loc["test1", "sub-pixel verdict"] == "better"
+    low, high = map(float, decoding.loc["test1", "Δ sub-pixel 95% CI"].split("–"))
+    assert -0.25 < low < high < -0.15  # about -0.2 mm, tight over 60 images
+    per_lm = per_landmark_table(results, "farnet").set_index("landmark")
+    low, high = map(float, per_lm.loc[2, "test1 MRE 95% CI"].split("–"))
+    assert low < errors[:, 1].mean() < high  # landmark 2 (numbered from 1) is column 1
