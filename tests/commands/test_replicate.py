@@ -65,7 +65,7 @@ def test_dry_run_writes_every_result_without_dvc(tmp_path):
     assert set(PER_LANDMARK_COLUMNS) | {"mre_mm", "sd_mm"} <= set(per_landmark.columns)
     assert len(per_landmark) == 2 * 3 * K  # splits x decoders x landmarks
     predictions = pd.read_csv(out / "predictions.csv", dtype={"image_id": str})
-    assert list(predictions.columns) == list(PREDICTION_COLUMNS)
+    assert list(predictions.columns) == [*PREDICTION_COLUMNS, "width", "height"]  # each image's original size
     assert len(predictions) == (2 + 2) * 3 * K and predictions["error_mm"].notna().all()
 
     bench = json.loads((out / "benchmark.json").read_text())
