@@ -28,7 +28,7 @@ import json
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +192,7 @@ def pack_carry(prepared_dir: str | Path, out: str | Path, *, codec: str = "auto"
         "form": "lossless" if chosen.lossless else "lossy", "codec": chosen.name, "quality": chosen_quality,
         **grey_difference(cache.images, encoded, out), "images_sha256": _sha256_images(cache.images),
         "image_bytes": sum(map(len, encoded)), "attempts": attempts, "source": source or {},
-        "built": datetime.now(UTC).isoformat(timespec="seconds"),
+        "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     members = {"carry.json": json.dumps(info, indent=2).encode(), **members}
     members.update({_image_member(i, chosen): data for i, data in enumerate(encoded)})

@@ -32,10 +32,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from farnet.core.errors import TrainingDiverged, TrainingInterrupted
-from farnet.core.fastpath import resolve, tune_backends
+from farnet.core.fastpath import resolve
 from farnet.training import distributed
 from farnet.training.budget import BudgetClock, TrainBudget
-from farnet.training.interrupt import requested_signal, stop_on_signal, stop_requested
+from farnet.training.interrupt import requested_signal, stop_check_due, stop_on_signal, stop_requested
 from farnet.training.losslog import LossLog
 from farnet.training.options import TrainOptions, TrainResult
 from farnet.training.resume import CheckpointWriter, Progress, load_progress
@@ -128,7 +128,6 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, options: Train
     clock = BudgetClock(settings.budget)  # the budget's time counts from here
     device = torch.device(settings.device)
     fast = resolve(options.precision, options.channels_last, device)  # "auto" is decided here, once
-    tune_backends(device)
     if settings.world_size > 1 and not distributed.is_distributed():
         raise ValueError(f"world_size={settings.world_size} but no process group: "
                          "call farnet.training.distributed.init_from_env()")
@@ -206,7 +205,7 @@ class _EpochLoop:
             done = self._step(epoch, step, images, points)
             if self._read_due(done, step):
                 self._read(sums, epoch, step)
-            if stop_requested(self.stepper.device, self.settings.world_size):
+            if self._stop_requested(done, step):
                 self._read(sums, epoch, step)
                 self._interrupt(state, epoch, t0)
             self.stopped = self.clock.over_budget(done, self.schedule)
@@ -228,6 +227,13 @@ class _EpochLoop:
         self.steps_in_epoch = step + 1
         self.bar.update(1)  # redrawn at most every 0.1 s; the loss in the postfix changes at reads only
         return global_step + 1
+
+    def _stop_requested(self, steps_done: int, step: int) -> bool:
+        """Whether a signal asks the run to stop after ``steps_done`` global steps (``step`` of the epoch); data-
+        parallel ranks agree on it only on the steps :func:`~farnet.training.interrupt.stop_check_due` names."""
+        world_size = self.settings.world_size
+        return (stop_check_due(steps_done, step + 1 == self.schedule.steps_per_epoch, world_size)
+                and stop_requested(self.stepper.device, world_size))
 
     def _read_due(self, steps_done: int, step: int) -> bool:
         """Whether the losses are read on the host after ``steps_done`` global steps (``step`` of the epoch)."""

@@ -2,14 +2,18 @@
 run to stop after the current optimizer step instead of killing it mid-write.
 
 :class:`StopOnSignal` installs handlers that only set a flag, and restores the previous handlers on exit. The
-training engine polls :func:`stop_requested` after every optimizer step; when it is set, the engine writes a
-checkpoint recording the epoch in progress and the steps done in it, and raises
+training engine polls :func:`stop_requested` after optimizer steps (:func:`stop_check_due` says which); when it
+is set, the engine writes a checkpoint recording the epoch in progress and the steps done in it, and raises
 :class:`~farnet.core.errors.TrainingInterrupted`. Running the same command again resumes from that step (the data
 order of an epoch is fixed by its seed), so an interrupted run ends with the same weights as an uninterrupted
 one. A second signal while the first is pending ends the run at once, for a user who cannot wait for the step
 to finish: a second SIGINT raises :class:`KeyboardInterrupt` (Python's exit status for Ctrl-C), any other signal
 raises ``SystemExit(128 + signum)``, the shell's status for a process that signal ended (143 for SIGTERM), so a
 scheduler sees why the job ended; ``finally`` blocks still run on the way out.
+
+In a data-parallel run the ranks must agree to stop, which costs an all-reduce and a host synchronisation; so
+there the flag is checked only every :data:`STOP_CHECK_EVERY` steps and at each epoch's end
+(:func:`stop_check_due`), on the same steps on every rank. One process checks it after every step.
 
 Signal handlers can only be installed from the main thread; elsewhere :class:`StopOnSignal` does nothing and
 signals keep their usual effect.
@@ -26,7 +30,14 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["StopOnSignal", "stop_on_signal", "stop_requested", "requested_signal"]
+from farnet.training import distributed
+
+__all__ = ["STOP_CHECK_EVERY", "StopOnSignal", "stop_check_due", "stop_on_signal", "stop_requested",
+           "requested_signal"]
+
+#: in a data-parallel run, the steps between two checks of the stop flag (each one an all-reduce and a host
+#: synchronisation); a signal then stops the run at most this many steps later
+STOP_CHECK_EVERY = 10
 
 _pending: list[int] = []  # signals received while a StopOnSignal is active, oldest first
 _depth = 0  # nesting depth of active StopOnSignal contexts
@@ -113,8 +124,18 @@ def stop_requested(device: torch.device | str | None = None, world_size: int = 1
     ``world_size > 1`` the ranks agree by an all-reduce (MAX) of their flags on ``device``.
     """
     flag = bool(_pending)
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if world_size > 1 and distributed.is_distributed():
         tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
         flag = bool(tensor.item())
     return flag
+
+
+def stop_check_due(steps_done: int, epoch_end: bool, world_size: int = 1) -> bool:
+    """Whether the engine checks the stop flag (:func:`stop_requested`) after ``steps_done`` global steps.
+
+    One process checks after every step (it costs nothing). Data-parallel ranks check every
+    :data:`STOP_CHECK_EVERY` steps and after each epoch's last step: every rank has done the same steps, so all
+    of them take part in the same all-reduces.
+    """
+    return world_size <= 1 or epoch_end or steps_done % STOP_CHECK_EVERY == 0

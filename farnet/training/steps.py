@@ -11,15 +11,18 @@ over the heads (§3.4), backward, the optimiser. :class:`Stepper` runs it on one
   (:meth:`Stepper.read`). A non-finite loss is then caught at the next read, after the weights took it; the run
   stops there as on the eager path, with its last good checkpoint.
 - ``graph`` (CUDA): the deferred step captured once in a CUDA graph and replayed (the documented whole-network
-  capture: warm-up steps on a side stream, gradients set to None before capture, Adam with ``capturable=True``
-  and its learning rate a device tensor updated in place, autocast without its weight cache). A batch of
-  another shape (an epoch's last, smaller, batch) runs deferred.
+  capture: warm-up steps on one side stream, gradients set to None before capture, Adam with ``capturable=True``
+  and its learning rate a device tensor updated in place, autocast without its weight cache, and a capture that
+  other threads' CUDA calls, such as the DataLoader's pin-memory thread, cannot break). A batch of another shape
+  (an epoch's last, smaller, batch) runs deferred.
 - ``compile``: the deferred step with its forward and loss (and, through AOTAutograd, their backward) compiled
   by ``torch.compile``.
 
 Every path trains the same model with the same data: the steps differ only in rounding (graph and compile) and
 in when a bad loss is seen. On CUDA every path but eager uses the fused Adam. What each path costs is measured,
-not assumed: ``farnet bench`` and ``farnet replicate`` time them on the device before a long run picks one.
+not assumed: ``farnet bench`` and ``farnet replicate`` time them on the device before a long run picks one, and
+since every stepper sets the backends as training does (:func:`farnet.core.fastpath.tune_backends`), a step
+timed there runs under the same cuDNN settings as the training it stands for.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from torch import nn
 
 from farnet.training import distributed
-from farnet.core.fastpath import FastPath, autocast, memory_format_of, path_from_environment
+from farnet.core.fastpath import FastPath, autocast, memory_format_of, path_from_environment, tune_backends
 from farnet.evaluation.heatmaps import encode_heatmaps, scale_points
 from farnet.models.interface import Heatmaps, normalize
 
@@ -173,6 +176,9 @@ class Stepper:
             run's options) the stepper sets them again.
         path: one of ``STEP_PATHS``; ``graph`` needs CUDA, every path but ``eager`` one process.
         warmup_steps: (graph) steps run on a side stream before the capture; they are real steps.
+
+    Making a stepper sets the device's backends as training does (:func:`farnet.core.fastpath.tune_backends`,
+    process-wide and idempotent), so a step timed by ``farnet bench`` or ``farnet replicate`` runs as in training.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, sigma_px: float,
@@ -195,9 +201,11 @@ class Stepper:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[torch.Tensor, torch.Tensor] | None = None
         self._graph_sums: dict[str, torch.Tensor] = {}
+        self._side_stream: torch.cuda.Stream | None = None  # (graph) the warm-up steps' stream, made once
         self._terms: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] = self._forward_terms
         if path == "compile":
             self._terms = torch.compile(self._forward_terms)
+        tune_backends(device)
         self._settle_optimizer()
 
     # -- the optimiser: its options and learning rate as this path needs them ---------------------------------
@@ -288,7 +296,7 @@ class Stepper:
             self._add(self._deferred_step(images, points))  # another shape: the graph holds one
             return
         if self.steps <= self.warmup_steps:  # real steps on a side stream, as the capture needs
-            side = torch.cuda.Stream(self.device)
+            side = self._warmup_stream()
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 self._add(self._deferred_step(images, points))
@@ -301,6 +309,13 @@ class Stepper:
         static_points.copy_(points, non_blocking=True)
         self._graph.replay()
 
+    def _warmup_stream(self) -> torch.cuda.Stream:
+        """The side stream of every warm-up step, made at the first: the memory the caching allocator keeps for
+        one stream serves only that stream, so a new stream per step would allocate the step's memory anew."""
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        return self._side_stream
+
     def _capture(self, images: torch.Tensor, points: torch.Tensor) -> None:
         """Record the step once: from then on a replay is the whole step, its losses added into device sums."""
         static_images, static_points = images.clone(), points.clone()
@@ -309,7 +324,9 @@ class Stepper:
         sums = {name: torch.zeros((), dtype=torch.float32, device=self.device) for name in self._names}
         self.optimizer.zero_grad(set_to_none=True)  # gradients are then allocated from the graph's own pool
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # records the step without running it
+        # records the step without running it; "thread_local": a CUDA call from another thread (the DataLoader's
+        # pin-memory thread) during the capture is not an error, as it would be with the default "global"
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             values = self._deferred_step(static_images, static_points)
             for name, value in values.items():
                 sums[name].add_(value.float())

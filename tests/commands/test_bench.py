@@ -222,3 +222,45 @@ def test_the_op_log_counts_flops_and_bytes_of_each_operation():
 def test_bandwidth_is_bytes_read_and_written_per_second():
     measured = roofline.measure_bandwidth(torch.device("cpu"), repeats=1, warmup=0)
     assert measured["bytes_per_s"] == pytest.approx(2 * roofline.BANDWIDTH_BYTES / measured["times_s"][0])
+
+
+def test_release_collects_the_steppers_cycles_before_emptying_the_cuda_cache(monkeypatch):
+    import gc
+    import weakref
+
+    from farnet.training.losses import ExponentialWeightedCenterLoss
+    from farnet.training.steps import make_stepper
+    from helpers import TinyNet
+
+    stepper = make_stepper(TinyNet(), ExponentialWeightedCenterLoss(40), fastpath.FastPath("fp32", False),
+                           torch.device("cpu"), "deferred", optimizer="adam", lr=1e-3, sigma_px=2.0)
+    alive = weakref.ref(stepper)
+    gc.disable()  # only release() may collect here
+    try:
+        del stepper
+        assert alive() is not None  # a reference cycle: dropping the last name does not free it
+        measure.release(torch.device("cpu"))
+        assert alive() is None
+    finally:
+        gc.enable()
+    calls = []
+    monkeypatch.setattr(measure.gc, "collect", lambda: calls.append("collect"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    measure.release(torch.device("cuda"))
+    assert calls == ["collect", "empty_cache"]
+
+
+def test_bench_imports_run_on_python_3_10():
+    """No ``datetime.UTC`` nor ``typing.Self`` (both new in Python 3.11) in the bench package or the carry writer."""
+    import ast
+    from pathlib import Path
+
+    import farnet
+
+    package = Path(farnet.__file__).parent
+    newer = {("datetime", "UTC"), ("typing", "Self")}
+    for path in [*sorted((package / "commands" / "bench").glob("*.py")), package / "data" / "carry.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                found = {(node.module, alias.name) for alias in node.names} & newer
+                assert not found, f"{path}: imports {found}, new in Python 3.11"

@@ -14,7 +14,8 @@ import torch
 
 from farnet.training.engine import RunSettings, TrainOptions, train
 from farnet.core.errors import TrainingInterrupted
-from farnet.training.interrupt import StopOnSignal, stop_requested
+from farnet.training import distributed
+from farnet.training.interrupt import STOP_CHECK_EVERY, StopOnSignal, stop_check_due, stop_requested
 from farnet.training.losses import ExponentialWeightedCenterLoss
 from tiny_training import Data, Tiny
 
@@ -75,6 +76,67 @@ def test_interrupted_at_any_step_resumes_to_the_same_weights(tmp_path, epoch, st
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert result.history == full_result.history  # the interrupted epoch's mean loss counts every step once
+
+
+# ---- data-parallel ranks agree to stop every few steps (one process, its world size and all-reduce faked) ------
+
+
+def test_ranks_check_the_stop_flag_every_few_steps_and_at_each_epochs_end():
+    assert STOP_CHECK_EVERY == 10
+    assert all(stop_check_due(n, epoch_end=False) for n in range(1, 25))  # one process: after every step
+    assert [n for n in range(1, 25) if stop_check_due(n, n % 7 == 0, world_size=2)] == [7, 10, 14, 20, 21]
+
+
+def test_stop_requested_takes_the_maximum_over_the_ranks(monkeypatch):
+    reduced = []
+
+    def all_reduce(tensor, op):  # another rank was signalled
+        reduced.append(op)
+        tensor.fill_(1)
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    assert stop_requested("cpu", world_size=1) is False and reduced == []  # one process: its own flag, no collective
+    assert stop_requested("cpu", world_size=2) is True and reduced == [torch.distributed.ReduceOp.MAX]
+
+
+class CountingLoss(ExponentialWeightedCenterLoss):
+    """Counts the steps taken (two heads a step)."""
+
+    def __init__(self):
+        super().__init__(40)
+        self.calls = 0
+
+    def forward(self, pred, target):
+        self.calls += 1
+        return super().forward(pred, target)
+
+
+def test_the_engine_synchronises_ranks_on_the_stop_flag_only_on_check_steps(tmp_path, monkeypatch):
+    """Rank 0 of two: 7 items, batch 1 -> 4 steps an epoch; the flag is all-reduced after steps 4, 8, 10 and 12.
+    Another rank's signal, seen at the check after step 10, stops this rank there too."""
+    loss, checked = CountingLoss(), []
+
+    def all_reduce(tensor, op):
+        checked.append(loss.calls // 2)
+        tensor.fill_(1 if signalled_at == checked[-1] else 0)
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    monkeypatch.setattr(distributed, "wrap", lambda model, device: model)
+    monkeypatch.setattr(distributed, "mean_across_ranks", lambda value: value.detach())  # this rank's loss
+    monkeypatch.setattr(distributed, "barrier", lambda: None)
+    options = TrainOptions(epochs=3, sigma_px=2.0, lr=1e-2, batch_size=1, seed=7)
+    settings = RunSettings(fingerprint="f", progress=False, rank=0, world_size=2)
+    signalled_at = None
+    result = train(Tiny(), Data(), loss, options, tmp_path / "full", settings)
+    assert result.steps == 12 and checked == [4, 8, 10, 12]
+    loss.calls, checked, signalled_at = 0, [], 10
+    with pytest.raises(TrainingInterrupted, match="another rank was signalled: stopped after step 2 of epoch 3"):
+        train(Tiny(), Data(), loss, options, tmp_path / "cut", settings)
+    assert checked == [4, 8, 10]
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (2, 2)
 
 
 # ---- a real process killed with SIGTERM -----------------------------------------------------------------------

@@ -165,3 +165,100 @@ def test_a_bad_loss_on_the_deferred_path_stops_at_the_next_read(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"at epoch 2, one of steps 1\.\.2"):
         train(TinyNet(), RandomLandmarks(), Exploding(40), options, tmp_path,
               RunSettings(fingerprint="f", progress=False, step_path="deferred", read_every=5))
+
+
+# ---- the device settings and the CUDA graph's warm-up and capture, on CPU with fakes ---------------------------
+
+
+def test_every_stepper_sets_the_backends_as_training_does(monkeypatch):
+    """make_stepper (bench, replicate and the engine) tunes the backends for its device, not the engine alone."""
+    from farnet.training import steps
+
+    tuned = []
+    monkeypatch.setattr(steps, "tune_backends", tuned.append)
+    make_stepper(TinyNet(), ExponentialWeightedCenterLoss(40), FP32, CPU, "deferred", optimizer="adam", lr=1e-3,
+                 sigma_px=2.0)
+    assert tuned == [CPU]
+
+
+def test_a_stepper_on_cuda_switches_cudnn_autotuning_on(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    model = TinyNet()
+    # an eager stepper for a CUDA device is made without touching the device (its optimiser keeps host options)
+    Stepper(model, build_optimizer("adam", model.parameters(), 1e-3), ExponentialWeightedCenterLoss(40), 2.0, FP32,
+            torch.device("cuda"), "eager")
+    assert torch.backends.cudnn.benchmark is True
+
+
+class FakeStream:
+    """Stands for torch.cuda.Stream: counts the streams made."""
+
+    made = 0
+
+    def __init__(self, device=None):
+        FakeStream.made += 1
+
+    def wait_stream(self, other):
+        pass
+
+
+class FakeGraph:
+    captures: list[dict] = []
+
+    def __init__(self):
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+
+
+class fake_capture:
+    """Stands for torch.cuda.graph: records its options and runs the body once (as the capture would record it)."""
+
+    def __init__(self, graph, **options):
+        FakeGraph.captures.append(options)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def graph_stepper(monkeypatch, warmup_steps=2):
+    """A graph-path stepper on the CPU: torch.cuda's streams and graphs replaced by fakes (the path's logic only)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    FakeStream.made, FakeGraph.captures = 0, []
+    current = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", fake_capture)
+    model = TinyNet().train()
+    stepper = Stepper(model, build_optimizer("adam", model.parameters(), 1e-3), ExponentialWeightedCenterLoss(40),
+                      2.0, FP32, CPU, "deferred", warmup_steps=warmup_steps)
+    stepper.path = "graph"  # the CPU cannot make a graph stepper; its steps below use the fakes
+    return stepper
+
+
+def test_graph_warmup_steps_share_one_side_stream(monkeypatch):
+    stepper = graph_stepper(monkeypatch, warmup_steps=3)
+    data = batches(3)
+    for images, points in data:
+        stepper.step(images, points)
+    assert FakeStream.made == 1 and stepper._graph is None
+    assert stepper.read()[0] == 3
+
+
+def test_the_graph_is_captured_once_in_thread_local_mode_and_then_replayed(monkeypatch):
+    stepper = graph_stepper(monkeypatch, warmup_steps=1)
+    for images, points in batches(4):
+        stepper.step(images, points)
+    assert FakeGraph.captures == [{"capture_error_mode": "thread_local"}]
+    assert stepper._graph.replays == 3  # steps 2-4: the capture records the step, each replay runs it
+    short = batches(1)[0][0][:1], batches(1)[0][1][:1]
+    stepper.step(*short)  # another batch size runs deferred, outside the graph
+    assert stepper._graph.replays == 3 and len(FakeGraph.captures) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -201,7 +201,7 @@ def _report_head(settings: BenchSettings, spec: dict, auto: FastPath, flops: dic
         "device_name": device_name(device),
         "hardware": provenance.hardware_description(),
         "torch": torch.__version__,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": provenance.git_commit(Path.cwd()),
         "quick": settings.quick,
         "settings": {**spec, "memory": memory_kind(device), "malloc": malloc_setting(),

@@ -44,14 +44,14 @@ def graphed_inference(model, fast: FastPath, spec: dict, batch: int,
     def body() -> torch.Tensor:
         return decode_argmax(network(static_images))
 
-    side = torch.cuda.Stream(device)
+    side = torch.cuda.Stream(device)  # one stream for all warm-up runs: its cached memory serves each of them
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         for _ in range(3):
             body()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads' CUDA calls do not break it
         static_out = body()
 
     def infer() -> torch.Tensor:
