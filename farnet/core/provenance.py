@@ -135,9 +135,11 @@ def _cpu_count() -> int:
 
 
 def replication_gaps(run_info: Mapping[str, Any]) -> list[str]:
-    """Why a run is not the paper's protocol; empty only for profile ``paper``, full set, ImageNet weights.
+    """Why a run is not the paper's protocol; empty only for profile ``paper``, full set, ImageNet weights (and,
+    where the run info records them, the full schedule, lossless inputs and fp32 training).
 
-    Missing keys count against the run: nothing is claimed that the run info does not state.
+    Missing profile, weights or data keys count against the run: nothing is claimed that the run info does not
+    state. Numerics count only when recorded (:func:`trained_in_bf16`).
     """
     gaps = []
     profile = run_info.get("profile")
@@ -160,7 +162,21 @@ def replication_gaps(run_info: Mapping[str, Any]) -> list[str]:
     form = run_info.get("data_form")
     if isinstance(form, Mapping) and form.get("form") != "lossless":
         gaps.append(f"inputs re-encoded ({data_form_note(form)})")
+    if trained_in_bf16(run_info):
+        gaps.append("bf16 autocast instead of the paper's fp32 (train.precision: fp32 restores it)")
     return gaps
+
+
+def trained_in_bf16(run_info: Mapping[str, Any]) -> bool:
+    """Whether the run trained under bf16 autocast, where the paper trains in fp32 (a deviation of ``"auto"``).
+
+    ``fast_path`` (what ``train.precision`` resolved to on the run's device, e.g. ``"bf16+channels_last"``) decides;
+    without it, only an explicit ``precision: bf16`` does, since ``"auto"`` alone does not say what ran.
+    """
+    fast_path = run_info.get("fast_path")
+    if fast_path:
+        return str(fast_path).split("+")[0] == "bf16"
+    return run_info.get("precision") == "bf16"
 
 
 def schedule_note(schedule: Mapping[str, Any]) -> str:

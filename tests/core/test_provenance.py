@@ -70,6 +70,30 @@ def test_each_gap_alone_blocks_the_replication_claim(change, reason):
     assert run_label(run).endswith("not a replication")
 
 
+BF16_GAP = "bf16 autocast instead of the paper's fp32 (train.precision: fp32 restores it)"
+
+
+@pytest.mark.parametrize("numerics", [
+    {"precision": "auto", "fast_path": "bf16+channels_last"},  # "auto" resolved to bf16 on this device
+    {"precision": "bf16", "fast_path": "bf16"},
+    {"precision": "bf16"},  # no fast_path recorded: the setting alone says bf16
+])
+def test_training_in_bf16_is_a_replication_gap(numerics):
+    run = {**PAPER_RUN, **numerics}
+    assert replication_gaps(run) == [BF16_GAP]
+    assert BF16_GAP in provenance_header(run) and run_label(run).endswith("not a replication")
+
+
+@pytest.mark.parametrize("numerics", [
+    {"precision": "auto", "fast_path": "fp32+channels_last"},  # "auto" resolved to fp32 on this device
+    {"precision": "fp32", "fast_path": "fp32"},
+    {"precision": "fp32"},
+    {"precision": "auto"},  # what it resolved to is not recorded: nothing to claim either way
+])
+def test_training_in_fp32_has_no_precision_gap(numerics):
+    assert replication_gaps({**PAPER_RUN, **numerics}) == []
+
+
 def test_missing_keys_never_claim_replication():
     header = provenance_header({})
     assert "not a replication" in header

@@ -138,7 +138,7 @@ def test_import_copies_the_run_and_writes_the_benchmark(returned, results):
         "run": "farnet", "git_commit": "1a2b3c4", "hardware": HARDWARE, "date": "2026-12-03T10:00:00+00:00",
         "protocol": "REDUCED: random initialisation: ImageNet weights unavailable; reduced schedule (time budget): "
                     "30 of 300 epochs, lr drop at [20]; inputs re-encoded (carry: jpeg q90, lossy, mean |Δ grey| "
-                    "0.612 of 255)"}
+                    "0.612 of 255); bf16 autocast instead of the paper's fp32 (train.precision: fp32 restores it)"}
 
 
 def test_a_second_import_removes_the_files_of_the_first(returned, results, tmp_path):
@@ -279,7 +279,8 @@ def test_table3_states_the_gpu_row_s_provenance(returned, results):
         "> - Run: status done, 3890.4 s from unpacking the carry to the end",
         "> **REDUCED RUN — not a replication of the paper's protocol:** random initialisation: ImageNet weights "
         "unavailable; reduced schedule (time budget): 30 of 300 epochs, lr drop at [20]; inputs re-encoded (carry: "
-        "jpeg q90, lossy, mean |Δ grey| 0.612 of 255).",
+        "jpeg q90, lossy, mean |Δ grey| 0.612 of 255); bf16 autocast instead of the paper's fp32 "
+        "(train.precision: fp32 restores it).",
         "**The GPU row was not trained like run farnet (profile, input_hw, epochs, full_set, lr, sigma_px differ): "
         "a difference between them is not the effect of the hardware alone.**",
     ]:
