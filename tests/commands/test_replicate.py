@@ -81,6 +81,11 @@ def test_dry_run_writes_every_result_without_dvc(tmp_path):
     assert list(side) == ["2"] and "errors" not in side["2"] and side["2"]["completed"] == 2
     assert side["2"]["runs"] == ["farnet", "msfa_fr"] and len(side["2"]["per_process_steps_per_s"]) == 2
     assert side["2"]["total_steps_per_s"] > 0 and "speedup_vs_1" not in side["2"]  # no single run to compare
+    assert side["2"]["limit_s"] == 300.0  # no deadline: the round's own limit
+    # how much of the schedule ran and what all of it takes: 300 epochs of 4 images, batch 1
+    assert bench["schedule"]["planned_steps"] == 1200 and bench["schedule"]["steps_done"] == 3
+    assert bench["schedule"]["projected_full_s"] == pytest.approx(1200 * paths[info["step_path"]]["step_s"], rel=1e-3)
+    assert f"trained on {info['step_path']}: 3 of 1,200 planned steps (0.2 %)" in done.stdout
 
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done" and run["carry"]["form"] == "lossy" and run["carry"]["codec"] == "jpeg"
