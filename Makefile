@@ -2,13 +2,15 @@
 #   make quick   the whole DVC pipeline with the quick profile on the real data (minutes on a 2-core CPU)
 #   make test    the test suite (what CI runs)
 #   make cpu     the quick pipeline with the main `farnet` run trained for about 60 minutes (profile cpu)
+#   make paper-gpus GPUS=8   the paper's pipeline with its trainings side by side on the node's GPUs
+#                (docs/gpu-node.md; SHARE=K/N trains one node's share of them)
 #   make carry   the ISBI 2015 carry that `farnet replicate` trains from on a machine without the data mirror
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export FARNET_DATA_MIRROR ?= $(abspath ../shared/data)
 
-.PHONY: setup quick cpu paper test exp-show carry
+.PHONY: setup quick cpu paper paper-gpus test exp-show carry
 
 $(BIN)/farnet: pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +31,11 @@ cpu: setup
 
 paper: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+
+GPUS ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
+paper-gpus: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/farnet paper-gpus --gpus $(GPUS) \
+		$(if $(SHARE),--share $(SHARE) --train-only)
 
 # The experiments with the headline numbers of every table (results/summary.json) and the params that differ
 exp-show: setup

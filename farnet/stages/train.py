@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from farnet.training import distributed
+from farnet.core import devices
 from farnet.core.allocator import malloc_setting
 from farnet.core.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
 from farnet.config import Params, effective_dict
@@ -63,7 +64,9 @@ def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pat
     the resumable state in ``model_dir/state/``.
 
     Under ``torchrun`` every process trains a share of each epoch (DDP, :mod:`farnet.training.distributed`); rank 0
-    alone writes the log, the checkpoints and the model.
+    alone writes the log, the checkpoints and the model. A single-process run on a node with several visible GPUs
+    takes a free one and holds it to its end (:mod:`farnet.core.devices`), so runs started side by side spread over
+    the node's GPUs; ``train_info.json`` records it (``device``, and ``gpu``: the node's name for it).
 
     Args:
         log_dir: the dvclive folder of the training curves; None: no dvclive (it is imported only for one).
@@ -79,17 +82,25 @@ def train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pat
             command again resumes.
     """
     rank, world_size, device = distributed.init_from_env()
+    claim = None
     try:
+        # several runs side by side on a multi-GPU node: this one takes a free GPU and keeps it to its end
+        device, claim = devices.device_for_run(device, world_size, holder=f"train {params.run}")
+        if claim is not None and device.type == "cuda":
+            torch.cuda.set_device(device)  # stray allocations on plain "cuda" go to the claimed GPU too
         return _train_run(params, prepared_root, model_dir, log_dir, progress=progress, rank=rank,
                           world_size=world_size, device=device, budget=budget, extra_log=log,
-                          step_path=step_path)
+                          step_path=step_path, gpu=claim.name if claim is not None else None)
     finally:
         distributed.cleanup()
+        if claim is not None:
+            claim.release()
 
 
 def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Path | None, *, progress: bool,
                rank: int, world_size: int, device: torch.device, budget: TrainBudget | None = None,
-               extra_log: Callable[[int, dict], None] | None = None, step_path: str | None = None) -> dict:
+               extra_log: Callable[[int, dict], None] | None = None, step_path: str | None = None,
+               gpu: str | None = None) -> dict:
     step_path = step_path or default_step_path()
     if world_size > 1 and step_path != "eager":
         raise ConfigError(f"step path {step_path!r} (FARNET_STEP_PATH) is for one process; data-parallel runs "
@@ -119,7 +130,7 @@ def _train_run(params: Params, prepared_root: Path, model_dir: Path, log_dir: Pa
     log = _logger(live, extra_log if rank == 0 else None)
     model_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    end = _RunEnd(params, model, view, model_dir, device, world_size, started, per_epoch, rank)
+    end = _RunEnd(params, model, view, model_dir, device, world_size, started, per_epoch, rank, gpu)
     try:
         settings = RunSettings(fingerprint=fp, device=device, rank=rank, world_size=world_size, step_path=step_path,
                                budget=budget, progress=progress, log=log, validate=validate, monitor=monitor)
@@ -165,6 +176,7 @@ class _RunEnd:
     started: float
     steps_per_epoch: int
     rank: int
+    gpu: str | None = None  # the GPU claimed on a shared node, by the node's name (farnet.core.devices)
 
     def save(self, result: TrainResult, *, keep_state: bool) -> dict:
         """Write the model and its train info (rank 0); the resumable state goes unless ``keep_state``."""
@@ -180,7 +192,7 @@ class _RunEnd:
             "session_wall_s": round(time.perf_counter() - self.started, 1), "resumed_from_epoch": result.resumed_from,
             "resumed_from_step": result.resumed_from_step,
             "select": params.eval.select, "selected_epoch": selected_epoch, "n_train_images": len(self.view),
-            "device": str(self.device), "world_size": self.world_size,
+            "device": str(self.device), "gpu": self.gpu, "world_size": self.world_size,
             "hardware": provenance.hardware_description(),
             "final_loss": result.history[-1]["loss"] if result.history else None,
             "data_ids_sha": hashlib.sha256(json.dumps(self.view.ids).encode()).hexdigest()[:12],
