@@ -41,11 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints help or the usage error and exits
     name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    command = argparse.ArgumentParser(prog=f"farnet {name}", description=COMMANDS[name][1])
-    module.add_arguments(command)
-    args = command.parse_args(argv[1:])
-    return run_command(f"farnet {name}", lambda: module.run(args))  # one line per project error, as the stages
+
+    def command() -> int:  # imported inside: an import that refuses the environment is one error line too
+        module = importlib.import_module(COMMANDS[name][0])
+        parser = argparse.ArgumentParser(prog=f"farnet {name}", description=COMMANDS[name][1])
+        module.add_arguments(parser)
+        return module.run(parser.parse_args(argv[1:]))
+
+    return run_command(f"farnet {name}", command)  # one line per project error, as the stages
 
 
 if __name__ == "__main__":

@@ -77,10 +77,7 @@ def check_environment(version: tuple[int, ...] = tuple(sys.version_info),
         raise ConfigError("this environment cannot run farnet replicate: " + "; ".join(problems))
 
 
-try:  # before the imports below, which need what it checks (and name-only imports fail on an older Python)
-    check_environment()
-except ConfigError as exc:
-    raise SystemExit(f"farnet replicate: error: {exc}") from None
+check_environment()  # before the imports below, which need what it checks (farnet.cli prints its one line)
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402

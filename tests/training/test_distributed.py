@@ -8,31 +8,21 @@ import time
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DistributedSampler
 
 from farnet.training import distributed
 from farnet.training.engine import RunSettings, TrainOptions, train
 from farnet.core.errors import TrainingDiverged
 from farnet.training.losses import ExponentialWeightedCenterLoss
-from farnet.models.interface import Heatmaps
+from helpers import TinyNet
 
 WORLD_SIZE = 2
 OPTS = TrainOptions(epochs=2, sigma_px=2.0, lr=1e-2, batch_size=1, seed=7, checkpoint_every=1)
 
 
-class Tiny(nn.Module):
+def Tiny(k=2):  # noqa: N802
     """Two heads and no batch norm (its statistics would be per process under DDP)."""
-
-    def __init__(self, k=2):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-        self.fine = nn.Conv2d(4, k, 1)
-        self.coarse = nn.Conv2d(4, k, 1)
-
-    def forward(self, x):
-        f = self.body(x)
-        return Heatmaps(fine=self.fine(f), coarse=self.coarse(nn.functional.avg_pool2d(f, 2)))
+    return TinyNet(k, batch_norm=False)
 
 
 class Data(torch.utils.data.Dataset):
