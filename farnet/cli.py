@@ -23,6 +23,8 @@ COMMANDS = {
                                       "benchmark, each result written as soon as it is known"),
     "exp-show": ("farnet.commands.exp_show", "the experiments with the headline numbers and their intervals, and "
                                               "the parameters that differ (what `make exp-show` prints)"),
+    "settle": ("farnet.commands.settle", "short settling runs measuring one recipe choice each, chosen on held-out "
+                                          "training images (pipelines/settling.yaml; docs/cpu-profile.md)"),
     "paper-gpus": ("farnet.commands.paper_gpus", "the paper's pipeline with its trainings side by side on a node's "
                                                   "GPUs, each run on a GPU of its own (docs/gpu-node.md)"),
     "replicate-import": ("farnet.commands.replicate_import", "import a `farnet replicate` output folder into results/gpu/ (Table 3's "

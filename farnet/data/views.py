@@ -69,18 +69,19 @@ def read_dataset_info(prepared_dir: str | Path) -> dict:
 
 
 def load_split(prepared_dir: str | Path, split: str, input_hw: tuple[int, int] | None = None,
-               limit: int | None = None) -> SplitView:
+               limit: int | None = None, *, skip: int = 0) -> SplitView:
     """Read ``split`` of a prepared dataset, resized to ``input_hw`` when it differs from the cache's size.
 
     Args:
         limit: keep the first ``limit`` images of the split (reduced profiles).
+        skip: leave out the first ``skip`` images first (``skip=limit`` reads the images a limited run never saw).
     """
     info = read_dataset_info(prepared_dir)
     if split not in info["splits"]:
         raise DataError(Path(prepared_dir) / DATASET_INFO, f"no split {split!r} (have: {', '.join(info['splits'])})")
     cache = load_cache(prepared_dir)
     position = {image_id: i for i, image_id in enumerate(cache.ids)}
-    ids = list(info["splits"][split])[:limit]
+    ids = list(info["splits"][split])[skip:][:limit]
     if not ids:
         raise DataError(Path(prepared_dir) / DATASET_INFO, f"split {split!r} has no images")
     index = np.asarray([position[i] for i in ids])

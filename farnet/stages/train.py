@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -21,7 +22,7 @@ from farnet.config import Params, effective_dict
 from farnet.core.errors import ConfigError, TrainingInterrupted
 from farnet.data.registry import get_dataset
 from farnet.data.torch_dataset import LandmarkDataset
-from farnet.data.views import SplitView, load_split
+from farnet.data.views import SplitView, load_split, read_dataset_info
 from farnet.models.interface import IMAGENET_MEAN, IMAGENET_STD
 from farnet.training.budget import TrainBudget
 from farnet.training.engine import RunSettings, steps_per_epoch, train
@@ -281,9 +282,13 @@ def _validator(params: Params, spec, prepared: Path, device: torch.device):
 
 def _monitor(params: Params, spec, prepared: Path, device: torch.device):
     """The measurement made every ``train.monitor_every`` epochs: argmax MRE (and the % of landmarks beyond
-    10 mm) on each of the dataset's evaluation splits. It only draws the learning curve: no epoch is chosen by it
-    (``eval.select`` alone chooses)."""
+    10 mm) on each of the dataset's evaluation splits and, for a run limited to the first ``data.train_limit``
+    training images, on the rest of them (``heldout/…``: what settling runs choose by, never a test split). It
+    only draws the learning curve: no epoch is chosen by it (``eval.select`` alone chooses)."""
     views = [load_split(prepared, split, params.input_hw) for split in spec.eval_splits(params.data.fold)]
+    heldout = _heldout(params, spec, prepared)
+    if heldout is not None:
+        views.insert(0, heldout)
     fast = resolve(params.train.precision, params.train.channels_last, device)  # the live model's own layout
 
     def monitor(net) -> dict[str, float]:
@@ -299,6 +304,16 @@ def _monitor(params: Params, spec, prepared: Path, device: torch.device):
         return values
 
     return monitor
+
+
+def _heldout(params: Params, spec, prepared: Path) -> SplitView | None:
+    """The training images a run limited by ``data.train_limit`` never sees, as split ``heldout``; None when it
+    sees them all."""
+    limit = params.data.train_limit
+    split = spec.train_split(params.data.fold)
+    if limit is None or limit >= len(read_dataset_info(prepared)["splits"][split]):
+        return None
+    return dataclasses.replace(load_split(prepared, split, params.input_hw, skip=limit), split="heldout")
 
 
 def _live(log_dir: Path, resumed_at: int):
