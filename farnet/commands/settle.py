@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         info = train_run(params, args.prepared, args.work / name, None, progress=not args.no_progress)
         floor = argmax_floor(params, args.prepared)
-        write_json(out, {"name": name, "overrides": {**plan.get("common", {}), **plan["runs"][name]},
+        write_json(out, {"name": name, "overrides": merge(plan.get("common") or {}, plan["runs"][name] or {}, name),
                          "profile": plan["profile"], "run": plan["run"], "train_info": info,
                          "argmax_floor_mm": floor, "cpu": _cpu_kind(),
                          "wall_s": round(time.perf_counter() - started, 1),
