@@ -9,6 +9,10 @@ keys of its own:
   in the base and under the run's entry in this profile's ``runs``; ``exempt: [<run>, ...]`` lists the runs of the
   dataset they skip. The quick profile states its reduced ISBI runs once this way rather than once per run, in
   plain keys that ``dvc exp run -S profiles.quick.run_defaults.isbi2015.data.train_limit=20`` can set.
+- ``trained_like: {<run>: [<run>, ...]}``: each listed run is trained like the named one: it gets that run's
+  entry from the profiles before this one (the ``cpu`` profile's recipe of ``farnet``), under this profile's
+  ``run_defaults`` and its own ``runs`` entry. The ``study`` profile trains Table 2's rows like the cpu
+  ``farnet`` run this way, so the recipe has one home.
 """
 
 from __future__ import annotations
@@ -54,13 +58,48 @@ def profile_chain(profiles: dict[str, Any], profile: Any) -> list[tuple[str, dic
 def apply_profile(raw: dict[str, Any], profiles: dict[str, Any], profile: Any) -> dict[str, Any]:
     """``raw`` (the base, without ``profiles``) with the overrides of ``profile`` and those it extends merged
     over it, each profile's ``run_defaults`` folded into its runs first."""
+    earlier: dict[str, dict] = {}  # each run's entries in the profiles applied so far (what trained_like copies)
     for name, overrides in profile_chain(profiles, profile):
         where = f"profiles.{name}"
         _refuse_new_runs(overrides.get("runs"), raw.get("runs"), where)
         if "run_defaults" in overrides:
             overrides = _with_run_defaults(overrides, raw.get("runs"), where)
+        if "trained_like" in overrides:
+            overrides = _with_trained_like(overrides, raw.get("runs"), earlier, where)
+        for run, entry in (overrides.get("runs") or {}).items():
+            earlier[run] = merge(earlier.get(run, {}), entry, f"{where}.runs.{run}")
         raw = merge(raw, overrides, where)
     return raw
+
+
+def _with_trained_like(overrides: dict, base_runs: Any, earlier: dict[str, dict], where: str) -> dict:
+    """A profile's overrides with ``trained_like`` folded into its ``runs``: each listed run gets the entry its
+    source run has in the profiles before this one, under what this profile gives it.
+
+    Raises:
+        ConfigError: ``trained_like`` is not a mapping of a run to a list of runs, or names a run that is not
+            defined or trains on another dataset than its source.
+    """
+    overrides = dict(overrides)
+    like = overrides.pop("trained_like")
+    key = f"{where}.trained_like"
+    defined = base_runs if isinstance(base_runs, dict) else {}
+    if not isinstance(like, dict):
+        raise ConfigError(f"{key}: expected a mapping of a run to the runs trained like it")
+    runs = dict(overrides.get("runs") or {})
+    for source, targets in like.items():
+        if source not in defined:
+            raise ConfigError(f"{key}.{source}: run {source!r} is not defined under the top-level runs")
+        if not isinstance(targets, list) or not all(isinstance(t, str) and t in defined for t in targets):
+            raise ConfigError(f"{key}.{source}: {targets!r} must be a list of runs defined under the top-level runs")
+        for target in targets:
+            if defined[target].get("dataset") != defined[source].get("dataset"):
+                raise ConfigError(f"{key}.{source}: run {target!r} trains on {defined[target].get('dataset')!r}, "
+                                  f"not {defined[source].get('dataset')!r} like {source!r}")
+            runs[target] = merge(copy.deepcopy(earlier.get(source, {})), runs.get(target) or {},
+                                 f"{where}.runs.{target}")
+    overrides["runs"] = runs
+    return overrides
 
 
 def _refuse_new_runs(own: Any, base_runs: Any, where: str) -> None:

@@ -77,13 +77,19 @@ def decoding_table(results: Results, runs: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seeds_table(results: Results, runs: Sequence[str]) -> pd.DataFrame:
-    """Mean and SD over the seed replicates ``runs`` of each metric, per test set."""
+def seeds_table(results: Results, groups: Sequence[Sequence[str]]) -> pd.DataFrame:
+    """Mean and SD of each metric over each group of seed replicates (runs trained alike), per test set; each
+    group is named by its runs and how they were trained (profile, input, epochs)."""
     rows = []
-    for split in TEST_SPLITS:
-        values = pd.DataFrame([split_metrics(results.metrics(run, split), EXTRA_RADII_MM) for run in runs])
-        rows.append({"Split": split, "runs": len(runs), **{f"{c} mean": values[c].mean() for c in values},
-                     **{f"{c} SD": values[c].std(ddof=1) if len(runs) > 1 else np.nan for c in values}})
+    for runs in groups:
+        info = results.info(runs[0])
+        hw = info.get("input_hw") or ["?", "?"]
+        trained = f"{info['profile']}, {hw[0]}×{hw[1]}, {info['epochs']} epochs"
+        for split in TEST_SPLITS:
+            values = pd.DataFrame([split_metrics(results.metrics(run, split), EXTRA_RADII_MM) for run in runs])
+            rows.append({"Split": split, "trained": trained, "runs": ", ".join(runs),
+                         **{f"{c} mean": values[c].mean() for c in values},
+                         **{f"{c} SD": values[c].std(ddof=1) if len(runs) > 1 else np.nan for c in values}})
     return pd.DataFrame(rows)
 
 

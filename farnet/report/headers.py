@@ -16,10 +16,8 @@ from typing import Any
 from farnet.core.fileio import device_slug
 from farnet.core.provenance import provenance_header
 from farnet.report.gpu import GpuRun
-from farnet.report.results import Results, TableRuns
+from farnet.report.results import COMPARABLE_KEYS, Results, TableRuns
 
-#: what must match for two rows of one table to be compared with each other
-COMPARABLE_KEYS = ("profile", "input_hw", "epochs", "full_set", "pretrained", "optimizer", "lr", "sigma_px")
 
 
 def runs_header(results: Results, runs: TableRuns) -> str:

@@ -9,6 +9,7 @@ all with seed 0 (:func:`table1_runs` …). A GPU run imported into ``results/gpu
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -67,14 +68,45 @@ def table1_runs(results: Results, paper_table: Mapping[str, Any]) -> TableRuns:
 def table2_runs(results: Results, paper_table: Mapping[str, Any]) -> TableRuns:
     """Table 2: for each of the paper's ablations, the run with its :data:`TABLE2_CONFIGS` and seed 0.
 
+    The FARNet row (MSFA+FR+EWC, the one every row is compared with) is the FARNet run trained like most of the
+    other rows (:meth:`~farnet.report.results.Results.trained_like`), seed 0 first, then the lowest seed: under
+    the ``study`` profile the seed-0 ``farnet`` run is Table 3's longer cpu row, and Table 2 compares its rows
+    with FARNet at their own schedule. With no such run, the seed-0 FARNet run.
+
     Raises:
         ValueError: the paper's rows and :data:`TABLE2_CONFIGS` name different methods.
     """
     methods = [row["method"] for row in paper_table["rows"]]
     if set(methods) != set(TABLE2_CONFIGS):
         raise ValueError(f"paper table2 rows {methods} differ from TABLE2_CONFIGS {list(TABLE2_CONFIGS)}")
-    return results.select({method: {"dataset": paper_table["dataset"], **TABLE2_CONFIGS[method], "seed": 0}
+    runs = results.select({method: {"dataset": paper_table["dataset"], **TABLE2_CONFIGS[method], "seed": 0}
                            for method in methods})
+    reference = farnet_row(paper_table)
+    others = [results.trained_like(run) for method, run in runs.rows.items() if method != reference and run]
+    if not others:
+        return runs
+    alike = Counter(others).most_common(1)[0][0]
+    shown = runs.rows[reference]
+    if shown is not None and results.trained_like(shown) == alike:
+        return runs
+    candidates = [run for run in _by_seed(results, results.matching(dataset=paper_table["dataset"], **FARNET))
+                  if results.trained_like(run) == alike]
+    if not candidates:
+        return runs
+    return TableRuns({**runs.rows, reference: candidates[0]},
+                     {label: found for label, found in runs.duplicates.items() if label != reference})
+
+
+def farnet_row(paper_table: Mapping[str, Any]) -> str:
+    """The label of a table's FARNet row (the paper's row marked ``farnet: true``).
+
+    Raises:
+        ValueError: the table marks no row.
+    """
+    for row in paper_table["rows"]:
+        if row.get("farnet"):
+            return row["method"]
+    raise ValueError("the paper table marks no row `farnet: true`")
 
 
 def fold_runs(results: Results, paper_table: Mapping[str, Any]) -> TableRuns:
@@ -83,11 +115,41 @@ def fold_runs(results: Results, paper_table: Mapping[str, Any]) -> TableRuns:
                            for k in range(1, paper_table["folds"] + 1)})
 
 
-def seed_runs(results: Results, paper_table: Mapping[str, Any]) -> TableRuns:
-    """Seed replicates of Table 3's run (beyond the paper): its settings with each seed other than 0."""
-    config = {"dataset": paper_table["dataset"], **FARNET}
-    seeds = sorted({results.info(run)["seed"] for run in results.matching(**config)} - {0})
-    return results.select({f"seed {seed}": {**config, "seed": seed} for seed in seeds})
+def seed_runs(results: Results, paper_table: Mapping[str, Any], reference: str | None = None) -> TableRuns:
+    """Seed replicates (beyond the paper) of ``reference`` (default: Table 3's run): the paper's FARNet on the
+    table's dataset, trained like it (:meth:`~farnet.report.results.Results.trained_like`), with another seed;
+    rows ``seed <k>`` in seed order."""
+    if reference is None:
+        reference = table3_runs(results, paper_table).first
+    if reference is None:
+        return TableRuns({})
+    alike = results.trained_like(reference)
+    replicates = [run for run in _by_seed(results, results.matching(dataset=paper_table["dataset"], **FARNET))
+                  if run != reference and results.trained_like(run) == alike]
+    rows: dict[str, str | None] = {}
+    for run in replicates:
+        label = f"seed {results.info(run)['seed']}"
+        rows[label if label not in rows else f"{label} ({run})"] = run
+    return TableRuns(rows)
+
+
+def row_seeds(results: Results, paper_table: Mapping[str, Any], runs: TableRuns) -> TableRuns:
+    """The seed replicates of the run in a table's FARNet row (Table 1's DenseNet-121, Table 2's MSFA+FR+EWC):
+    the spread a difference from that row must exceed to be resolved."""
+    return seed_runs(results, paper_table, runs.rows.get(farnet_row(paper_table)))
+
+
+def seed_groups(results: Results, paper_table: Mapping[str, Any]) -> list[list[str]]:
+    """FARNet's runs on the table's dataset trained alike, in groups of two or more, each in seed order: the
+    seeds table gives each group's mean ± SD (the cpu row and the study's seeds are separate groups)."""
+    groups: dict[str, list[str]] = {}
+    for run in _by_seed(results, results.matching(dataset=paper_table["dataset"], **FARNET)):
+        groups.setdefault(results.trained_like(run), []).append(run)
+    return [runs for runs in groups.values() if len(runs) > 1]
+
+
+def _by_seed(results: Results, runs: list[str]) -> list[str]:
+    return sorted(runs, key=lambda run: (results.info(run)["seed"], run))
 
 
 def check_gpu_run(gpu: GpuRun, paper_table: Mapping[str, Any]) -> None:

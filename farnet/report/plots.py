@@ -19,7 +19,7 @@ from farnet.report.figures import (
     plot_ewc_weight, plot_forest, plot_ours_vs_paper, plot_overlays, plot_per_landmark_mre, plot_sdr_curve,
 )
 from farnet.report.isbi_tables import methods_table, table3
-from farnet.report.paper import fold_runs, load_paper_tables, seed_runs, table1_runs, table2_runs, table3_runs
+from farnet.report.paper import fold_runs, load_paper_tables, row_seeds, table1_runs, table2_runs, table3_runs
 from farnet.report.results import Results
 from farnet.report.training_curves import plot_training_curves
 
@@ -54,16 +54,16 @@ def make_plots(results_dir: Path, prepared_root: Path, n_overlays: int = 4) -> l
         frames = table3(results.metrics(farnet), info, paper)
         written.append(plot_ours_vs_paper(frames["ours_vs_paper"], out / "table3_ours_vs_paper.png",
                                           label=label, title="Table 3: ours vs paper (FARNet row)"))
-    seeds = seed_runs(results, paper["table3"])
     t1 = table1_runs(results, paper["table1"])
-    bars = _bars(methods_table(results, paper["table1"], t1, seeds))
+    bars = _bars(methods_table(results, paper["table1"], t1, row_seeds(results, paper["table1"], t1)))
     if bars is not None:
         written.append(plot_ours_vs_paper(bars, out / "table1_ours_vs_paper.png", label=run_label(results.info(t1.first)),
                                           title="Table1: Test1 MRE and SDR@2mm, ours vs paper"))
     t2 = table2_runs(results, paper["table2"])
     if t2.first is not None:
         try:
-            written.append(plot_forest(methods_table(results, paper["table2"], t2, seeds), out / "table2_forest.png",
+            written.append(plot_forest(methods_table(results, paper["table2"], t2, row_seeds(results, paper["table2"], t2)),
+                                       out / "table2_forest.png",
                                        label=run_label(results.info(t2.first)),
                                        title="Table 2 on Test1: each row's MRE minus FARNet's (95 % intervals)"))
         except ValueError:  # no differences with intervals (FARNet's row, or the predictions, missing)

@@ -10,6 +10,7 @@ they are (:meth:`Results.select`), never by their names.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ RUN_INFO_KEYS = (*RUN_KEYS, "profile", "alpha", "epochs", "steps", "train_wall_s
 PREDICTION_COLUMNS = ("split", "decode", "image_id", "landmark", "name",
                       "x_pred", "y_pred", "x_true", "y_true", "error_px", "error_mm")
 PER_LANDMARK_COLUMNS = ("split", "decode", "landmark", "name")
+#: what must match for two runs to be compared with each other (:meth:`Results.trained_like`)
+COMPARABLE_KEYS = ("profile", "input_hw", "epochs", "full_set", "pretrained", "optimizer", "lr", "sigma_px")
 #: ISBI 2015's test sets as ``metrics/<run>.json`` keys them → their label in the tables (Test1, Test2)
 TEST_SPLITS = {"test1": "Test1", "test2": "Test2"}
 
@@ -133,6 +136,12 @@ class Results:
         if not any({f"mre_{unit}", f"sd_{unit}"} <= set(df.columns) for unit in ("mm", "px")):
             raise DataError(path, "missing columns ['mre_mm', 'sd_mm'] (or ['mre_px', 'sd_px'])", line=1)
         return df
+
+    def trained_like(self, run: str) -> str:
+        """A key that two runs share when they were trained alike (:data:`COMPARABLE_KEYS`): the tables compare
+        such runs only."""
+        info = self.info(run)
+        return json.dumps([info.get(key) for key in COMPARABLE_KEYS])
 
     def matching(self, **config: Any) -> list[str]:
         """The runs, sorted by name, whose run info has every ``key = value`` of ``config``.

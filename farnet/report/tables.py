@@ -28,7 +28,7 @@ from farnet.report.isbi_tables import methods_table, table3
 from farnet.report.markdown import write_table
 # check_gpu_run is imported from here by `farnet replicate-import` (farnet.commands.replicate_import)
 from farnet.report.paper import (
-    check_gpu_run, fold_runs, load_paper_tables, seed_runs, table1_runs, table2_runs, table3_runs,
+    check_gpu_run, fold_runs, load_paper_tables, row_seeds, seed_groups, table1_runs, table2_runs, table3_runs,
 )
 from farnet.report.results import TEST_SPLITS, Results, TableRuns
 
@@ -41,7 +41,7 @@ def make_tables(results_dir: Path, raw_root: Path) -> list[Path]:
     paper = load_paper_tables()
     out = results.root / "tables"
     t1, t2 = table1_runs(results, paper["table1"]), table2_runs(results, paper["table2"])
-    t3, seeds = table3_runs(results, paper["table3"]), seed_runs(results, paper["table3"])
+    t3 = table3_runs(results, paper["table3"])
     hand, spine = fold_runs(results, paper["table4"]), fold_runs(results, paper["table5"])
     farnet, gpu = t3.first, find_gpu_run(results.root)
 
@@ -55,10 +55,10 @@ def make_tables(results_dir: Path, raw_root: Path) -> list[Path]:
                                           results.predictions(farnet) if results.has_predictions(farnet) else None),
                          header,
                          "Table 3: FARNet vs prior methods on the ISBI 2015 cephalometric dataset")
-    written += write("table1", methods_table(results, paper["table1"], t1, seeds), runs_header(results, t1),
-                     "Table 1: backbones on ISBI 2015 Test1 (MRE in mm, SDR in %)")
-    written += write("table2", methods_table(results, paper["table2"], t2, seeds), runs_header(results, t2),
-                     "Table 2: ablations on ISBI 2015 Test1 (MRE in mm, SDR in %)")
+    written += write("table1", methods_table(results, paper["table1"], t1, row_seeds(results, paper["table1"], t1)),
+                     runs_header(results, t1), "Table 1: backbones on ISBI 2015 Test1 (MRE in mm, SDR in %)")
+    written += write("table2", methods_table(results, paper["table2"], t2, row_seeds(results, paper["table2"], t2)),
+                     runs_header(results, t2), "Table 2: ablations on ISBI 2015 Test1 (MRE in mm, SDR in %)")
     written += write("table4", table4(results, paper["table4"], hand),
                      runs_header(results, hand) + hand_sample_note(results, hand),
                      "Table 4: hand X-rays, 3-fold cross-validation (MRE ± SD in mm, SDR in %)")
@@ -69,16 +69,17 @@ def make_tables(results_dir: Path, raw_root: Path) -> list[Path]:
     if observer is not None:
         written += write("inter_observer", observer, runs_header(results, t3) if farnet is not None else "",
                          "Inter-observer error on ISBI 2015 (the human reference; MRE in mm, SDR in %)")
-    isbi_runs = list(dict.fromkeys([*t1.present, *t2.present, *seeds.present]))
+    groups = seed_groups(results, paper["table3"])  # FARNet's runs trained alike, two or more
+    isbi_runs = list(dict.fromkeys([*t1.present, *t2.present, *(run for group in groups for run in group)]))
     if isbi_runs:
         written += write("decoding", decoding_table(results, isbi_runs), runs_header(results, TableRuns.of(isbi_runs)),
                          "Sub-pixel decoding vs argmax (beyond the paper; MRE in mm, SDR in %)")
-    if seeds.present:
-        replicates = [run for run in (farnet, *seeds.present) if run is not None]  # seed 0: Table 3's run
-        written += write("seeds", {"over_seeds": seeds_table(results, replicates),
+    if groups:
+        replicates = [run for group in groups for run in group]
+        written += write("seeds", {"over_seeds": seeds_table(results, groups),
                                    "each_seed": seed_intervals_table(results, replicates)},
                          runs_header(results, TableRuns.of(replicates)),
-                         "Seed replicates of FARNet (MRE in mm, SDR in %)")
+                         "Seed replicates of FARNet (MRE in mm, SDR in %; mean ± SD over the runs trained alike)")
     if farnet is not None:
         written += write("per_landmark", per_landmark_table(results, farnet), runs_header(results, t3),
                          "Per-landmark error of FARNet on ISBI 2015 (mm)")

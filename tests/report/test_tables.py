@@ -20,7 +20,9 @@ from farnet.report.fold_tables import table4, table5
 from farnet.report.headers import runs_header
 from farnet.report.isbi_tables import methods_table, table3
 from farnet.report.markdown import to_markdown, write_table
-from farnet.report.paper import fold_runs, load_paper_tables, seed_runs, table1_runs, table2_runs, table3_runs
+from farnet.report.paper import (
+    fold_runs, load_paper_tables, row_seeds, seed_groups, seed_runs, table1_runs, table2_runs, table3_runs,
+)
 from farnet.report.results import Results, TableRuns
 from farnet.report.tables import make_tables
 
@@ -416,10 +418,50 @@ def test_seed_replicates_are_table3_settings_with_another_seed(tmp_path, paper):
     runs = seed_runs(results, paper["table3"])
     assert runs.rows == {"seed 1": "rep_a", "seed 2": "rep_b"}
     assert table3_runs(results, paper["table3"]).rows == {"FARNet": "farnet"}
-    df = seeds_table(results, runs.present).set_index("Split")
-    assert df.loc["test1", "runs"] == 2
+    df = seeds_table(results, [runs.present]).set_index("Split")
+    assert df.loc["test1", "runs"] == "rep_a, rep_b"
     assert df.loc["test1", "MRE mean"] == pytest.approx(3.0) and df.loc["test1", "MRE SD"] == pytest.approx(2 ** 0.5)
     assert df.loc["test2", "MRE mean"] == pytest.approx(2.0) and df.loc["test1", "2mm SD"] == 0.0
+
+
+def test_table2_compares_its_rows_with_farnet_trained_like_them(tmp_path, paper):
+    """Under the study profile the seed-0 `farnet` run is Table 3's longer cpu row; Table 2's FARNet row is the
+    FARNet run trained like its other rows (seed 1 here), its replicates and the seeds table follow suit."""
+    study = {"profile": "study", "epochs": 6}
+
+    def run(name, mre, per_lm=None, **info):  # Test1 errors with the MRE given
+        errors = (np.asarray(_noisy_errors(0.0, len(name))) * mre / np.mean(_noisy_errors(0.0, len(name)))).tolist()
+        write_run(tmp_path, name, isbi_metrics(mre, mre + 0.2), preds=predictions({"test1": errors, "test2": errors[:100]}),
+                  per_lm=per_lm, **info)
+
+    run("farnet", 1.5, profile="cpu", epochs=20,  # Table 3's row
+        per_lm=per_landmark({"test1": [1.5], "test2": [1.7]}))
+    run("unet", 3.0, architecture="unet", loss="l2", **study)
+    run("msfa", 2.5, refinement="none", loss="l2", **study)
+    run("farnet_seed2", 2.2, seed=2, **study)
+    run("farnet_seed1", 2.0, seed=1, **study)
+    run("farnet_seed3", 2.6, seed=3, **{**study, "epochs": 1})  # a quick one
+    results = Results(tmp_path)
+    t2 = table2_runs(results, paper["table2"])
+    assert t2.rows["MSFA+FR+EWC"] == "farnet_seed1" and t2.rows["UNet"] == "unet" and not t2.duplicates
+    assert table3_runs(results, paper["table3"]).rows == {"FARNet": "farnet"}
+    assert row_seeds(results, paper["table2"], t2).rows == {"seed 2": "farnet_seed2"}
+    assert seed_runs(results, paper["table3"]).rows == {}  # nothing else trained like the cpu row
+    assert seed_groups(results, paper["table3"]) == [["farnet_seed1", "farnet_seed2"]]
+    df = methods_table(results, paper["table2"], t2, row_seeds(results, paper["table2"], t2))
+    msfa = _rows(df, "MSFA").loc["ours"]
+    assert msfa["Δ MRE vs FARNet"] == pytest.approx(0.5) and msfa["seed SD"] == pytest.approx(np.std([2.0, 2.2], ddof=1))
+    make_tables(tmp_path, tmp_path / "raw")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["farnet_test1_mre_mm"] == 1.5 and summary["table2_test1_mre_mm"]["MSFA+FR+EWC"] == 2.0
+    seeds = pd.read_csv(tmp_path / "tables" / "seeds.csv")
+    assert seeds["runs"].unique().tolist() == ["farnet_seed1, farnet_seed2"]
+    assert seeds.loc[seeds["Split"] == "test1", "MRE mean"].tolist() == [pytest.approx(2.1)]
+    # without FARNet runs trained like the rows, the seed-0 run stays (the quick and paper profiles)
+    for run in ("farnet_seed1", "farnet_seed2"):
+        for folder in ("runs", "metrics"):
+            (tmp_path / folder / f"{run}.json").unlink()
+    assert table2_runs(Results(tmp_path), paper["table2"]).rows["MSFA+FR+EWC"] == "farnet"
 
 
 def test_per_landmark_table(tmp_path):

@@ -34,6 +34,49 @@ def test_cpu_profile_is_quick_with_a_longer_farnet_run():
             assert _resolved("cpu", run).data == _resolved("quick", run).data, run
 
 
+TABLE2_AND_SEEDS = ("unet", "fpn", "msfa_add", "msfa", "msfa_fr_naive", "msfa_fr", "msfa_fr_aw",
+                    "farnet_seed1", "farnet_seed2", "farnet_seed3")
+
+
+def test_study_profile_trains_table2_and_the_seeds_like_the_cpu_farnet_run():
+    """Each Table 2 row and FARNet seed: the cpu recipe of `farnet` on all 150 images at its size, with only the
+    row's own model, loss or seed and the study's schedule differing; the rest stays as under cpu."""
+    cpu = _resolved("cpu", "farnet")
+    schedule = ("epochs", "monitor_every")
+    for run in TABLE2_AND_SEEDS:
+        study, quick = _resolved("study", run), _resolved("quick", run)
+        assert study.input_hw == cpu.input_hw and study.data.train_limit is None, run
+        assert study.dataset == cpu.dataset and study.heatmap == cpu.heatmap, run
+        assert {k: v for k, v in vars(study.train).items() if k not in schedule} == \
+            {k: v for k, v in vars(cpu.train).items() if k not in schedule}, run
+        assert (study.model, study.loss, study.seed) == (quick.model, quick.loss, quick.seed), run  # the row's own
+        assert study.train.epochs == _resolved("study", "unet").train.epochs < cpu.train.epochs
+    assert _resolved("study", "farnet") == cpu
+    for run in committed_params()["runs"]:
+        if run not in (*TABLE2_AND_SEEDS, "farnet", "spine_fold1"):  # Table 1, the hand, spine folds 2-5
+            assert _resolved("study", run).train == _resolved("cpu", run).train, run
+            assert _resolved("study", run).data == _resolved("cpu", run).data, run
+    spine = _resolved("study", "spine_fold1")
+    assert spine.data.train_limit is None and spine.train.epochs > 1 and spine.train.lr_schedule == "cosine"
+
+
+def test_trained_like_copies_the_recipe_from_one_home_and_is_checked():
+    raw = committed_params()
+    raw["profile"] = "study"
+    raw["profiles"]["cpu"]["runs"]["farnet"]["train"]["lr"] = 3e-4  # the cpu recipe changes...
+    assert params_from_dict(raw, "msfa_fr").train.lr == 3e-4  # ...and Table 2's rows with it
+    raw["profiles"]["study"]["runs"] = {"msfa_fr": {"train": {"lr": 5e-4}}}  # a row's own entry comes last
+    assert params_from_dict(raw, "msfa_fr").train.lr == 5e-4 and params_from_dict(raw, "unet").train.lr == 3e-4
+    for like, message in (({"nope": ["unet"]}, "run 'nope' is not defined"),
+                          ({"farnet": "unet"}, "must be a list of runs"),
+                          ({"farnet": ["hand_fold1"]}, "trains on 'hand_dha', not 'isbi2015'"),
+                          (["farnet"], "expected a mapping")):
+        bad = copy.deepcopy(raw)
+        bad["profiles"]["study"]["trained_like"] = like
+        with pytest.raises(ConfigError, match=message):
+            params_from_dict(bad, "unet")
+
+
 def test_profiles_extend_and_refuse_cycles():
     raw = {"profile": "b", "train": {"lr": 0.1}, "runs": {},
            "profiles": {"a": {"train": {"lr": 0.2, "epochs": 3}}, "b": {"extends": "a", "train": {"lr": 0.4}}}}

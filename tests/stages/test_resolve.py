@@ -169,6 +169,11 @@ def test_an_edit_the_profile_undoes_is_refused_naming_both(tmp_path):
                                           r"run_defaults\.isbi2015\.data\.train_limit: 40; runs\.vgg16\.train\.epochs: 7 "
                                           r"is overridden by profiles\.quick\.runs\.vgg16\.train\.epochs: 1"):
         resolve(path, tmp_path / "resolved")
+    study = {**raw, "profile": "study", "runs": {**raw["runs"], "fpn": {**raw["runs"]["fpn"], "train": {"lr": 0.01}}}}
+    path.write_text(yaml.safe_dump(study))  # the cpu recipe that trained_like gives the row sets it again
+    with pytest.raises(ConfigError, match=r"runs\.fpn\.train\.lr: 0\.01 is overridden by profiles\.cpu\.runs\.farnet"
+                                          r"\.train\.lr: 0\.001 \(trained_like\)"):
+        resolve(path, tmp_path / "resolved")
     edited = {**raw, "loss": {**raw["loss"], "alpha": 20.0}}  # not set by the profile: the user's value runs
     path.write_text(yaml.safe_dump(edited))
     assert resolve(path, tmp_path / "resolved")
