@@ -9,10 +9,11 @@ keys of its own:
   in the base and under the run's entry in this profile's ``runs``; ``exempt: [<run>, ...]`` lists the runs of the
   dataset they skip. The quick profile states its reduced ISBI runs once this way rather than once per run, in
   plain keys that ``dvc exp run -S profiles.quick.run_defaults.isbi2015.data.train_limit=20`` can set.
-- ``trained_like: {<run>: [<run>, ...]}``: each listed run is trained like the named one: it gets that run's
-  entry from the profiles before this one (the ``cpu`` profile's recipe of ``farnet``), under this profile's
-  ``run_defaults`` and its own ``runs`` entry. The ``study`` profile trains Table 2's rows like the cpu
-  ``farnet`` run this way, so the recipe has one home.
+- ``trained_like: {<run>: {runs: [<run>, ...], with: {...}}}``: each listed run is trained like the named one:
+  its own top-level entry (what it is: model, loss, seed), then the named run's entries in the profiles before
+  this one (its recipe), then ``with``, then this profile's own entry for it; what earlier profiles gave the
+  listed run is replaced. The ``study`` profile trains Table 2's rows like the cpu ``farnet`` run this way, so
+  the recipe has one home.
 """
 
 from __future__ import annotations
@@ -58,48 +59,53 @@ def profile_chain(profiles: dict[str, Any], profile: Any) -> list[tuple[str, dic
 def apply_profile(raw: dict[str, Any], profiles: dict[str, Any], profile: Any) -> dict[str, Any]:
     """``raw`` (the base, without ``profiles``) with the overrides of ``profile`` and those it extends merged
     over it, each profile's ``run_defaults`` folded into its runs first."""
+    base_runs = copy.deepcopy(raw.get("runs"))
+    base_runs = base_runs if isinstance(base_runs, dict) else {}
     earlier: dict[str, dict] = {}  # each run's entries in the profiles applied so far (what trained_like copies)
     for name, overrides in profile_chain(profiles, profile):
         where = f"profiles.{name}"
         _refuse_new_runs(overrides.get("runs"), raw.get("runs"), where)
         if "run_defaults" in overrides:
             overrides = _with_run_defaults(overrides, raw.get("runs"), where)
-        if "trained_like" in overrides:
-            overrides = _with_trained_like(overrides, raw.get("runs"), earlier, where)
+        overrides = dict(overrides)
+        like = overrides.pop("trained_like", None)
+        raw = merge(raw, overrides, where)
+        if like is not None:
+            raw["runs"] = {**raw["runs"], **_trained_like(like, base_runs, earlier, overrides.get("runs") or {}, where)}
         for run, entry in (overrides.get("runs") or {}).items():
             earlier[run] = merge(earlier.get(run, {}), entry, f"{where}.runs.{run}")
-        raw = merge(raw, overrides, where)
     return raw
 
 
-def _with_trained_like(overrides: dict, base_runs: Any, earlier: dict[str, dict], where: str) -> dict:
-    """A profile's overrides with ``trained_like`` folded into its ``runs``: each listed run gets the entry its
-    source run has in the profiles before this one, under what this profile gives it.
+def _trained_like(like: Any, base_runs: dict, earlier: dict[str, dict], own: dict, where: str) -> dict[str, dict]:
+    """The entries of the runs a profile's ``trained_like`` lists (see the module's docstring).
 
     Raises:
-        ConfigError: ``trained_like`` is not a mapping of a run to a list of runs, or names a run that is not
-            defined or trains on another dataset than its source.
+        ConfigError: ``trained_like`` is not a mapping of a run to ``{runs: [...], with: {...}}``, or names a run
+            that is not defined or trains on another dataset than its source.
     """
-    overrides = dict(overrides)
-    like = overrides.pop("trained_like")
     key = f"{where}.trained_like"
-    defined = base_runs if isinstance(base_runs, dict) else {}
     if not isinstance(like, dict):
-        raise ConfigError(f"{key}: expected a mapping of a run to the runs trained like it")
-    runs = dict(overrides.get("runs") or {})
-    for source, targets in like.items():
-        if source not in defined:
+        raise ConfigError(f"{key}: expected a mapping of a run to {{runs: [the runs trained like it], with: {{...}}}}")
+    entries = {}
+    for source, spec in like.items():
+        if source not in base_runs:
             raise ConfigError(f"{key}.{source}: run {source!r} is not defined under the top-level runs")
-        if not isinstance(targets, list) or not all(isinstance(t, str) and t in defined for t in targets):
-            raise ConfigError(f"{key}.{source}: {targets!r} must be a list of runs defined under the top-level runs")
+        if not isinstance(spec, dict) or set(spec) - {"runs", "with"}:
+            raise ConfigError(f"{key}.{source}: expected {{runs: [...], with: {{...}}}}, got {spec!r}")
+        targets, changes = spec.get("runs"), spec.get("with") or {}
+        if not isinstance(targets, list) or not all(isinstance(t, str) and t in base_runs for t in targets):
+            raise ConfigError(f"{key}.{source}.runs: {targets!r} must be a list of runs defined under the top-level "
+                              "runs")
         for target in targets:
-            if defined[target].get("dataset") != defined[source].get("dataset"):
-                raise ConfigError(f"{key}.{source}: run {target!r} trains on {defined[target].get('dataset')!r}, "
-                                  f"not {defined[source].get('dataset')!r} like {source!r}")
-            runs[target] = merge(copy.deepcopy(earlier.get(source, {})), runs.get(target) or {},
-                                 f"{where}.runs.{target}")
-    overrides["runs"] = runs
-    return overrides
+            if base_runs[target].get("dataset") != base_runs[source].get("dataset"):
+                raise ConfigError(f"{key}.{source}.runs: run {target!r} trains on "
+                                  f"{base_runs[target].get('dataset')!r}, not {base_runs[source].get('dataset')!r} "
+                                  f"like {source!r}")
+            entry = merge(copy.deepcopy(base_runs[target]), copy.deepcopy(earlier.get(source, {})), f"{key}.{source}")
+            entry = merge(entry, copy.deepcopy(changes), f"{key}.{source}.with")
+            entries[target] = merge(entry, own.get(target) or {}, f"{where}.runs.{target}")
+    return entries
 
 
 def _refuse_new_runs(own: Any, base_runs: Any, where: str) -> None:
