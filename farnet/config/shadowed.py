@@ -28,21 +28,28 @@ def shadowed_edits(now: dict[str, Any], before: dict[str, Any]) -> list[str]:
         for name, overrides in chain:
             for where, setting in _settings_of(overrides, path, now.get("runs") or {}):
                 found.append(f"{'.'.join(path)}: {value!r} is overridden by profiles.{name}.{where}: {setting!r}")
-        for source in _trained_like_sources(chain, path):  # the run gets its source run's entry (trained_like)
-            for name, overrides in chain:
-                for where, setting in _settings_of(overrides, ("runs", source, *path[2:]), {}):
-                    found.append(f"{'.'.join(path)}: {value!r} is overridden by profiles.{name}.{where}: "
-                                 f"{setting!r} (trained_like)")
+        found += [f"{'.'.join(path)}: {value!r} is overridden by profiles.{where}: {setting!r} (trained_like)"
+                  for where, setting in _trained_like_settings(chain, path)]
     return found
 
 
-def _trained_like_sources(chain: list[tuple[str, dict]], path: tuple[str, ...]) -> list[str]:
-    """The runs whose entries a profile of ``chain`` copies to the run of ``path`` (``trained_like``)."""
+def _trained_like_settings(chain: list[tuple[str, dict]], path: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """Where a profile's ``trained_like`` sets ``runs.<run>.<key>`` again: the source run's entry in a profile
+    of ``chain``, or the ``with`` that the run is given."""
     if path[0] != "runs" or len(path) < 3:
         return []
-    like = [overrides.get("trained_like") for _, overrides in chain]
-    return [source for mapping in like if isinstance(mapping, dict)
-            for source, targets in mapping.items() if isinstance(targets, list) and path[1] in targets]
+    found = []
+    for name, overrides in chain:
+        like = overrides.get("trained_like")
+        for source, spec in (like.items() if isinstance(like, dict) else ()):
+            if not isinstance(spec, dict) or path[1] not in (spec.get("runs") or ()):
+                continue
+            for other, entries in chain:
+                found += [(f"{other}.{where}", setting)
+                          for where, setting in _settings_of(entries, ("runs", source, *path[2:]), {})]
+            found += [(f"{name}.trained_like.{source}.{where}", setting)
+                      for where, setting in _settings_of(spec, ("with", *path[2:]), {})]
+    return found
 
 
 def _settings_of(overrides: dict, path: tuple[str, ...], runs: dict) -> list[tuple[str, Any]]:

@@ -68,9 +68,10 @@ def test_trained_like_copies_the_recipe_from_one_home_and_is_checked():
     assert params_from_dict(raw, "msfa_fr").train.lr == 3e-4  # ...and Table 2's rows with it
     raw["profiles"]["study"]["runs"] = {"msfa_fr": {"train": {"lr": 5e-4}}}  # a row's own entry comes last
     assert params_from_dict(raw, "msfa_fr").train.lr == 5e-4 and params_from_dict(raw, "unet").train.lr == 3e-4
-    for like, message in (({"nope": ["unet"]}, "run 'nope' is not defined"),
-                          ({"farnet": "unet"}, "must be a list of runs"),
-                          ({"farnet": ["hand_fold1"]}, "trains on 'hand_dha', not 'isbi2015'"),
+    for like, message in (({"nope": {"runs": ["unet"]}}, "run 'nope' is not defined"),
+                          ({"farnet": {"runs": "unet"}}, "must be a list of runs"),
+                          ({"farnet": {"runs": ["hand_fold1"]}}, "trains on 'hand_dha', not 'isbi2015'"),
+                          ({"farnet": ["unet"]}, "expected {runs"),
                           (["farnet"], "expected a mapping")):
         bad = copy.deepcopy(raw)
         bad["profiles"]["study"]["trained_like"] = like
