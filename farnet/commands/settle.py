@@ -1,10 +1,11 @@
 """``farnet settle``: short settling runs that measure what one choice of a run's recipe does.
 
-    farnet settle [--plan pipelines/settling.yaml] [--only NAME ...] [--out results/settling]
+    farnet settle [--plan pipelines/settling.yaml] [--only NAME ...] [--work settling] [--out results/settling]
 
 A plan (YAML) names a profile, one of its runs, overrides shared by every settling run and one entry per settling
 run with its own overrides (``heatmap: {sigma_px: 6.0}``). Each is that run with the shared and its own
-overrides merged over the profile's entry for it, trained into ``<work>/<name>/`` and written to
+overrides merged over the profile's entry for it, trained into ``<work>/<name>/`` (the dataset is fetched and
+prepared at the profile's size into ``<work>/`` once) and written to
 ``<out>/<name>.json`` (its overrides, train info, monitor curve, the argmax floor of its input size, the CPU kind,
 the commit), then ``<out>/settling.md`` tabulates them all. The shared overrides limit the training images
 (``data.train_limit``) so that the monitor measures each run on the training images it never saw
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -37,13 +39,13 @@ SPLITS = ("heldout", "test1", "test2")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", type=Path, default=PLAN, help=f"the settling plan (default {PLAN})")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
-    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"),
-                        help="the prepared datasets (default data/prepared: `dvc repro prepare@<dataset>` with the "
-                             "plan's profile)")
-    parser.add_argument("--work", type=Path, default=Path("settling"), help="models and checkpoints (default settling)")
+    parser.add_argument("--work", type=Path, default=Path("settling"),
+                        help="the dataset prepared at the plan's size, models and checkpoints (default settling)")
     parser.add_argument("--out", type=Path, default=Path("results/settling"), help="results (default results/settling)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="these settling runs only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--floor-only", action="store_true",
+                        help="print the argmax floor of each settling run's input size and train nothing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,15 +57,24 @@ def run(args: argparse.Namespace) -> int:
     for name in args.only or []:
         if name not in names:
             raise ConfigError(f"{args.plan}: no settling run {name!r} (have: {', '.join(names)})")
+    prepared = args.work / "prepared"
+    if args.floor_only:
+        for name in args.only or names:
+            params = settling_params(raw, plan, name, args.plan)
+            prepare_once(params, args.work)
+            print(f"argmax floor of {name} ({params.input_hw[0]}x{params.input_hw[1]}): "
+                  f"{json.dumps(argmax_floor(params, prepared))}")
+        return 0
     for name in args.only or names:
         out = args.out / f"{name}.json"
         if out.is_file():
             print(f"settle {name}: done ({out})")
             continue
         params = settling_params(raw, plan, name, args.plan)
+        prepare_once(params, args.work)
         started = time.perf_counter()
-        info = train_run(params, args.prepared, args.work / name, None, progress=not args.no_progress)
-        floor = argmax_floor(params, args.prepared)
+        info = train_run(params, prepared, args.work / name, None, progress=not args.no_progress)
+        floor = argmax_floor(params, prepared)
         write_json(out, {"name": name, "overrides": merge(plan.get("common") or {}, plan["runs"][name] or {}, name),
                          "profile": plan["profile"], "run": plan["run"], "train_info": info,
                          "argmax_floor_mm": floor, "cpu": _cpu_kind(),
@@ -87,6 +98,20 @@ def plan_runs(plan: dict[str, Any], where: Path) -> dict[str, dict]:
     return plan["runs"]
 
 
+def prepare_once(params: Params, work: Path) -> None:
+    """Fetch and prepare the run's dataset at its profile's size into ``work/raw`` and ``work/prepared``, unless
+    a previous settling run did (a run's own ``data.input_hw`` is resized from that cache when it is read)."""
+    from farnet.data.views import DATASET_INFO
+    from farnet.stages.fetch import fetch
+    from farnet.stages.prepare import prepare
+
+    dataset = params.data.dataset
+    if (work / "prepared" / dataset / DATASET_INFO).is_file():
+        return
+    fetch(params, dataset, work / "raw")
+    prepare(params, dataset, work / "raw", work / "prepared")
+
+
 def settling_params(raw: dict[str, Any], plan: dict[str, Any], name: str, where: Path) -> Params:
     """The plan's run under its profile with the shared overrides and ``name``'s own merged over its entry."""
     raw = copy.deepcopy(raw)
@@ -106,20 +131,27 @@ def settling_params(raw: dict[str, Any], plan: dict[str, Any], name: str, where:
 
 
 def argmax_floor(params: Params, prepared: Path) -> dict[str, float]:
-    """MRE (mm) of perfect heatmaps decoded by argmax at the run's input size, per evaluation split: each
-    landmark moved to its nearest input pixel and mapped back to the original image."""
+    """The error of perfect heatmaps decoded by argmax at the run's input size, per evaluation split: each
+    landmark moved to its nearest input pixel and mapped back to the original image. MRE in mm (``<split>``);
+    for the spine, whose unit is a fraction of the image, Table 5's fractional MSE (``<split> mse``); else the
+    MRE in original pixels (``<split> px``)."""
+    from farnet.core.coords import rescale_points
     from farnet.data.registry import get_dataset
     from farnet.data.views import load_split
-    from farnet.core.coords import rescale_points
+    from farnet.evaluation.spine_metrics import fractional_mse
 
     spec = get_dataset(params.data.dataset)
-    splits = {s: load_split(prepared / params.data.dataset, s, params.input_hw)
-              for s in spec.eval_splits(params.data.fold)}
     floor = {}
-    for split, view in splits.items():
+    for split in spec.eval_splits(params.data.fold):
+        view = load_split(prepared / params.data.dataset, split, params.input_hw)
         snapped = rescale_points(np.rint(view.landmarks).astype(np.float64), view.input_to_original[:, None, :])
         error_px = np.linalg.norm(snapped - view.landmarks_original, axis=-1)
-        floor[split] = float(np.mean(error_px * view.spacing_mm[:, None]))
+        if spec.unit == "fraction":
+            floor[f"{split} mse"] = fractional_mse(snapped, view.landmarks_original, view.original_wh)
+        elif spec.unit == "mm":
+            floor[split] = float(np.mean(error_px * view.spacing_mm[:, None]))
+        else:
+            floor[f"{split} px"] = float(np.mean(error_px))
     return floor
 
 

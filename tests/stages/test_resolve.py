@@ -174,6 +174,12 @@ def test_an_edit_the_profile_undoes_is_refused_naming_both(tmp_path):
     with pytest.raises(ConfigError, match=r"runs\.fpn\.train\.lr: 0\.01 is overridden by profiles\.cpu\.runs\.farnet"
                                           r"\.train\.lr: 0\.001 \(trained_like\)"):
         resolve(path, tmp_path / "resolved")
+    study["runs"]["fpn"] = {**raw["runs"]["fpn"], "train": {"epochs": 2}}
+    path.write_text(yaml.safe_dump(study))  # and the study's own schedule for the rows
+    with pytest.raises(ConfigError, match=r"runs\.fpn\.train\.epochs: 2 is overridden by profiles\.cpu\.runs\.farnet"
+                                          r"\.train\.epochs: 20 \(trained_like\); runs\.fpn\.train\.epochs: 2 is "
+                                          r"overridden by profiles\.study\.trained_like\.farnet\.with\.train\.epochs: 6"):
+        resolve(path, tmp_path / "resolved")
     edited = {**raw, "loss": {**raw["loss"], "alpha": 20.0}}  # not set by the profile: the user's value runs
     path.write_text(yaml.safe_dump(edited))
     assert resolve(path, tmp_path / "resolved")
