@@ -65,7 +65,8 @@ def _refuse_shadowed_edits(params_path: Path, raw: dict) -> None:
 def _own_profile(raw: dict, run: str | None, values: Callable[[Params], dict]) -> dict:
     """``values`` of the selected profile, labelled with the first profile up its ``extends`` chain that gives
     the same values: under ``cpu`` (``quick`` with a longer ``farnet`` run) every other run is labelled, and
-    trained, as the quick run it is."""
+    trained, as the quick run it is; under ``study`` (``cpu`` and more) ``farnet`` is the cpu run and Table 1's
+    rows the quick ones."""
     selected = raw.get("profile", "paper")
     content = values(params_from_dict(raw, run))
     if selected == "paper":
@@ -73,7 +74,7 @@ def _own_profile(raw: dict, run: str | None, values: Callable[[Params], dict]) -
     names = [name for name, _ in profile_chain(raw.get("profiles") or {}, selected)]
     for ancestor in reversed(names[:-1]):  # the nearest first
         other = values(params_from_dict({**raw, "profile": ancestor}, run))
-        if {**other, "profile": selected} != content:
+        if {**other, "profile": None} != {**content, "profile": None}:  # the values, whatever their label
             break
         content = other
     return content

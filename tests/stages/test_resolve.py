@@ -124,6 +124,19 @@ def test_switching_to_the_cpu_profile_changes_the_farnet_run_alone(quick, baseli
     assert json.loads(after["datasets/isbi2015.json"])["profile"] == "quick"
 
 
+def test_switching_from_cpu_to_study_changes_only_what_the_study_adds(quick, tmp_path):
+    """On a finished cpu experiment the study re-trains Table 2's rows, FARNet's seeds and spine fold 1 alone:
+    every other file, two profiles up the chain included, stays byte for byte."""
+    cpu = resolved(tmp_path, "cpu", {**json.loads(json.dumps(quick)), "profile": "cpu"})
+    study = resolved(tmp_path, "study", {**json.loads(json.dumps(quick)), "profile": "study"})
+    added = ("unet", "fpn", "msfa_add", "msfa", "msfa_fr_naive", "msfa_fr", "msfa_fr_aw", "farnet_seed1",
+             "farnet_seed2", "farnet_seed3", "spine_fold1")
+    assert changed(cpu, study) == sorted(f"{run}/{stage}.json" for run in added for stage in ("evaluate", "train"))
+    assert json.loads(study["vgg16/train.json"])["profile"] == "quick"  # two profiles up: still the quick run
+    assert json.loads(study["farnet/train.json"])["profile"] == "cpu"
+    assert json.loads(study["unet/train.json"])["profile"] == "study"
+
+
 def test_a_profile_that_changes_every_run_labels_every_run(quick, tmp_path):
     raw = json.loads(json.dumps(quick))
     raw["profiles"]["slow"] = {"extends": "quick", "train": {"lr": 5.0e-4}}
