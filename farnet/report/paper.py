@@ -142,10 +142,8 @@ def row_seeds(results: Results, paper_table: Mapping[str, Any], runs: TableRuns)
 def seed_groups(results: Results, paper_table: Mapping[str, Any]) -> list[list[str]]:
     """FARNet's runs on the table's dataset trained alike, in groups of two or more, each in seed order: the
     seeds table gives each group's mean ± SD (the cpu row and the study's seeds are separate groups)."""
-    groups: dict[str, list[str]] = {}
-    for run in _by_seed(results, results.matching(dataset=paper_table["dataset"], **FARNET)):
-        groups.setdefault(results.trained_like(run), []).append(run)
-    return [runs for runs in groups.values() if len(runs) > 1]
+    groups = results.alike_groups(_by_seed(results, results.matching(dataset=paper_table["dataset"], **FARNET)))
+    return [runs for runs in groups if len(runs) > 1]
 
 
 def _by_seed(results: Results, runs: list[str]) -> list[str]:

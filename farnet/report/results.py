@@ -143,6 +143,14 @@ class Results:
         info = self.info(run)
         return json.dumps([info.get(key) for key in COMPARABLE_KEYS])
 
+    def alike_groups(self, runs: Iterable[str]) -> list[list[str]]:
+        """``runs`` in groups trained alike (:meth:`trained_like`), each in the given order, groups in the order
+        of their first run."""
+        groups: dict[str, list[str]] = {}
+        for run in runs:
+            groups.setdefault(self.trained_like(run), []).append(run)
+        return list(groups.values())
+
     def matching(self, **config: Any) -> list[str]:
         """The runs, sorted by name, whose run info has every ``key = value`` of ``config``.
 

@@ -16,7 +16,7 @@ from fake_results import isbi_metrics, per_landmark, predictions, split, write_r
 from farnet.core.errors import DataError
 from farnet.report.columns import ours_vs_paper, split_metrics
 from farnet.report.extra_tables import decoding_table, inter_observer_table, per_landmark_table, seeds_table
-from farnet.report.fold_tables import table4, table5
+from farnet.report.fold_tables import headline_folds, table4, table5
 from farnet.report.headers import runs_header
 from farnet.report.isbi_tables import methods_table, table3
 from farnet.report.markdown import to_markdown, write_table
@@ -369,7 +369,7 @@ def test_table5_mean_and_sd_over_folds_read_from_run_info(tmp_path, paper):
     df = table5(results, paper["table5"], runs)
     ours = df[df["Source"] == "ours"].set_index("Split")
     assert list(ours.index) == ["test (50)", "fold validation", "AASCE test (128)"]
-    assert ours.loc["test (50)", "Method"] == "FARNet (ours, quick, 2 folds)"
+    assert ours.loc["test (50)", "Method"] == "FARNet (ours, quick, folds 2, 4)"
     assert ours.loc["test (50)", "MSE"] == pytest.approx(0.003)
     assert ours.loc["test (50)", "MSE SD (folds)"] == pytest.approx(np.std([0.002, 0.004], ddof=1))
     assert ours.loc["test (50)", "ρ"] == pytest.approx(0.85)
@@ -377,6 +377,24 @@ def test_table5_mean_and_sd_over_folds_read_from_run_info(tmp_path, paper):
     assert ours.loc["AASCE test (128)", "Cobb SMAPE % (beyond the paper)"] == pytest.approx(15.0)
     difference = df[df["Source"] == "ours − paper"].iloc[0]
     assert difference["MSE"] == pytest.approx(0.003 - 0.0017) and difference["ρ"] == pytest.approx(0.85 - 0.98)
+
+
+def test_table5_gives_folds_trained_differently_rows_of_their_own(tmp_path, paper):
+    """The study's fold 1 (all its images, 2,760 steps) beside quick folds 2 and 4: never one mean over both; the
+    headline is the longest-trained group."""
+    spine = {"dataset": "spine_boostnet"}
+    write_run(tmp_path, "spine_fold1", _spine_metrics(1, 0.001, 0.95, 8.0), fold=1, profile="study", epochs=8,
+              steps=2760, **spine)
+    write_run(tmp_path, "spine_fold2", _spine_metrics(2, 0.04, 0.5, 60.0), fold=2, **spine)
+    write_run(tmp_path, "spine_fold4", _spine_metrics(4, 0.06, 0.4, 70.0), fold=4, **spine)
+    results = Results(tmp_path)
+    runs = fold_runs(results, paper["table5"])
+    ours = table5(results, paper["table5"], runs).query("Source == 'ours' and Split == 'test (50)'").set_index("Method")
+    assert ours.loc["FARNet (ours, study, fold 1)", "MSE"] == pytest.approx(0.001)
+    assert ours.loc["FARNet (ours, quick, folds 2, 4)", "MSE"] == pytest.approx(0.05)
+    assert headline_folds(results, runs) == ["spine_fold1"]
+    make_tables(tmp_path, tmp_path / "raw")
+    assert json.loads((tmp_path / "summary.json").read_text())["spine_test_mse"] == pytest.approx(0.001)
 
 
 # ---------------------------------------------------------------------------------------------- extra tables
