@@ -25,7 +25,8 @@ def _resolved(profile: str, run: str):
 
 def test_cpu_profile_is_quick_with_a_longer_farnet_run():
     cpu, quick = _resolved("cpu", "farnet"), _resolved("quick", "farnet")
-    assert cpu.input_hw == quick.input_hw == (320, 256)  # the quick profile's prepared size: no second cache
+    assert cpu.dataset.input_hw == quick.dataset.input_hw == quick.input_hw == (320, 256)  # no second cache...
+    assert cpu.input_hw == (256, 192)  # ...the cpu run reads it resized (docs/cpu-profile.md)
     assert cpu.train.lr_schedule == "cosine" and cpu.train.epochs > 10 and cpu.train.monitor_every > 0
     assert cpu.train.log_every_steps > 0 and cpu.eval.select == "last"  # the monitor never chooses the model
     for run in committed_params()["runs"]:  # every other run keeps its quick settings exactly
