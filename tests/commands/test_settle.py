@@ -56,7 +56,7 @@ def test_settle_trains_each_run_once_and_measures_it_on_the_held_out_images(mirr
                                                    "eval": {"batch_size": 50}}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     plan = {"profile": "tiny", "run": "farnet",
-            "common": {"data": {"train_limit": 3}, "train": {"epochs": 1, "monitor_every": 1}},
+            "common": {"data": {"train_limit": 3, "input_hw": None}, "train": {"epochs": 1, "monitor_every": 1}},
             "runs": {"base": {}, "large": {"data": {"input_hw": [128, 128]}}}}
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     monkeypatch.setenv("FARNET_DATA_MIRROR", str(mirror_root))
@@ -73,7 +73,7 @@ def test_settle_trains_each_run_once_and_measures_it_on_the_held_out_images(mirr
     assert base["train_info"]["n_train_images"] == 3 and base["train_info"]["steps"] == 3
     # the floor: perfect heatmaps decoded by argmax, finer at 128x128 than at 64x64, never zero
     assert 0 < large["argmax_floor_mm"]["test1"] < base["argmax_floor_mm"]["test1"]
-    assert np.isfinite(last["heldout/mre_mm"]) and base["overrides"]["data"] == {"train_limit": 3}
+    assert np.isfinite(last["heldout/mre_mm"]) and base["overrides"]["data"] == {"train_limit": 3, "input_hw": None}
     assert "| large" in (tmp_path / "out" / "settling.md").read_text()
     assert json.loads((tmp_path / "work" / "prepared" / "isbi2015" / "dataset.json").read_text())["input_hw"] == [64, 64]
     mtime = (tmp_path / "out" / "base.json").stat().st_mtime
