@@ -14,8 +14,11 @@ from farnet.core.errors import ConfigError
 CTX = multiprocessing.get_context("fork")  # a worker starts in milliseconds; the lock needs no fresh interpreter
 
 
-def _hold(names, folder, seconds, out, poll_s=0.02):
-    """A worker: take a device, record (name, taken, freed) in ``out``, hold it ``seconds``."""
+def _hold(names, folder, seconds, out, poll_s=0.02, start=None):
+    """A worker: take a device, record (name, taken, freed) in ``out``, hold it ``seconds``; with ``start`` (a
+    barrier), only once every worker has started, so that a loaded machine's slow forks cannot spread them out."""
+    if start is not None:
+        start.wait(timeout=30)
     claim = devices.claim_device(names, folder=folder, holder=f"worker {os.getpid()}", poll_s=poll_s,
                                  log=lambda message: out.put(("log", message)))
     taken = time.monotonic()
@@ -51,7 +54,9 @@ def test_workers_never_share_a_device(tmp_path):
 
 def test_more_workers_than_devices_wait_and_all_finish(tmp_path):
     out = CTX.Queue()
-    workers = [CTX.Process(target=_hold, args=(["0", "1"], tmp_path, 0.2, out)) for _ in range(5)]
+    start = CTX.Barrier(5)
+    workers = [CTX.Process(target=_hold, args=(["0", "1"], tmp_path, 0.5, out), kwargs={"start": start})
+               for _ in range(5)]
     for w in workers:
         w.start()
     records = []

@@ -107,7 +107,8 @@ def test_cpu_machinery_at_a_tiny_size(mirror_root, tmp_path, monkeypatch):
     raw = committed_params()
     raw["profile"] = "tiny"
     raw["profiles"]["tiny"] = {"extends": "cpu", "datasets": {"isbi2015": {"input_hw": [64, 64]}},
-                               "runs": {"farnet": {"data": {"train_limit": 4}, "heatmap": {"sigma_px": 1.0},
+                               "runs": {"farnet": {"data": {"train_limit": 4, "input_hw": None},
+                                                   "heatmap": {"sigma_px": 1.0},
                                                    "train": {"epochs": 3, "log_every_steps": 2, "monitor_every": 2,
                                                              "warmup_steps": 2},
                                                    "eval": {"batch_size": 50}}}}
@@ -146,5 +147,6 @@ def test_cpu_machinery_at_a_tiny_size(mirror_root, tmp_path, monkeypatch):
         assert (mre["mre_mm"] > 0).all()
     assert [m["epoch"] for m in info["monitor"]] == [2, 3]
     assert set(info["monitor"][0]) == {"epoch", "test1/mre_mm", "test1/outliers_pct", "test2/mre_mm",
-                                       "test2/outliers_pct"}
+                                       "test2/outliers_pct", "heldout/mre_mm", "heldout/outliers_pct"}
+    assert (logs / "plots" / "metrics" / "heldout" / "mre_mm.tsv").is_file()  # the 146 images it never trained on
 
