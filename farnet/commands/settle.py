@@ -174,7 +174,10 @@ def settling_table(records: list[dict[str, Any]]) -> str:
     frame = pd.DataFrame(rows)
     head = ("# Settling runs\n\nEach is the plan's run with the changes shown, trained from random weights; MREs "
             "(mm, argmax) after its last step. Choices are made on `heldout` (training images the runs never see); "
-            "Test1 and Test2 are shown, not chosen by.\n\n")
+            "Test1 and Test2 are shown, not chosen by.\n\n**REDUCED RUNS — not a replication of the paper's "
+            "protocol:** " + ", ".join(sorted({f"profile {r['profile']}" for r in records})) + ", data as the "
+            "profile fetches it (the mirror where FARNET_DATA_MIRROR names one), no ImageNet weights, a few hundred "
+            "steps each.\n\n")
     return head + (frame.to_markdown(index=False, floatfmt=".2f") if rows else "(none yet)") + "\n"
 
 

@@ -35,7 +35,7 @@ def test_a_settling_run_is_the_plans_run_with_the_shared_and_its_own_changes(tmp
 
 
 def test_the_table_reads_the_last_measurement_of_each_run():
-    record = {"name": "sigma6", "overrides": {"heatmap": {"sigma_px": 6.0}, "train": {"epochs": 5}},
+    record = {"name": "sigma6", "profile": "cpu", "overrides": {"heatmap": {"sigma_px": 6.0}, "train": {"epochs": 5}},
               "train_info": {"steps": 600, "train_wall_s": 570.0,
                              "monitor": [{"epoch": 5, "heldout/mre_mm": 2.5, "heldout/outliers_pct": 1.0,
                                           "test1/mre_mm": 2.7, "test1/outliers_pct": 1.5}]},
@@ -45,6 +45,7 @@ def test_the_table_reads_the_last_measurement_of_each_run():
     assert "heatmap.sigma_px=6.0, train.epochs=5" in row[2] and row[4].strip() == "0.95"  # s/step
     assert [c.strip() for c in row[5:8]] == ["2.50", "1.00", "2.70"] and row[9].strip() == "nan"  # no Test2
     assert "abcdef1" in table and "avx512-bf16" in table
+    assert "REDUCED RUNS — not a replication" in table and "profile cpu" in table
 
 
 @pytest.mark.mirror
