@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         floor = argmax_floor(params, prepared)
         write_json(out, {"name": name, "overrides": merge(plan.get("common") or {}, plan["runs"][name] or {}, name),
                          "profile": plan["profile"], "run": plan["run"], "train_info": info,
-                         "argmax_floor_mm": floor, "cpu": _cpu_kind(),
+                         "argmax_floor_mm": floor, "cpu": provenance.cpu_kind(),
                          "wall_s": round(time.perf_counter() - started, 1),
                          "git_commit": provenance.git_commit(Path.cwd())})
         print(f"settle {name}: {info['steps']} steps in {info['train_wall_s']} s -> {out}")
@@ -189,9 +189,3 @@ def _changes(overrides: dict[str, Any], prefix: str = "") -> str:
         else:
             items.append(f"{prefix}{key}={value}")
     return ", ".join(i for i in items if i)
-
-
-def _cpu_kind() -> str:
-    from farnet.commands.bench.summary import cpu_isa
-
-    return f"{provenance.hardware_description().split(',')[0]} {cpu_isa()}"

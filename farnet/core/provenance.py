@@ -102,8 +102,10 @@ def params_hash(params: Mapping[str, Any]) -> str:
 
 
 def hardware_description() -> str:
-    """One line naming the CPU model, its core count, the torch version and the CUDA device (if any)."""
-    parts = [f"{_cpu_model()} ({_cpu_count()} cores)"]
+    """One line naming the CPU model, its core count and vector unit (CPUs of one name differ: an EPYC with
+    AVX-512 BF16 runs the network at another speed than one with AVX2 only), the torch version and the CUDA
+    device (if any)."""
+    parts = [f"{_cpu_model()} ({_cpu_count()} cores, {cpu_isa()})"]
     try:
         import torch  # imported here: provenance is also used by stages that never touch a model
     except ImportError:
@@ -117,14 +119,37 @@ def hardware_description() -> str:
     return ", ".join(parts)
 
 
-def _cpu_model() -> str:
+def cpu_kind() -> str:
+    """The CPU model with its vector unit, e.g. ``"AMD EPYC avx512-bf16"``: what a time measured on it depends on."""
+    return f"{_cpu_model()} {cpu_isa()}"
+
+
+def cpu_isa() -> str:
+    """The widest vector unit of this CPU that the convolutions use: amx, avx512-bf16, avx512, avx2 or sse."""
+    flags = set(cpuinfo().get("flags", "").split())
+    for flag, tag in (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"), ("avx2", "avx2")):
+        if flag in flags:
+            return tag
+    return "sse"
+
+
+def cpuinfo() -> dict[str, str]:
+    """The first processor's entries of ``/proc/cpuinfo`` (``model name``, ``flags``, ``cpu MHz``, ...); empty where
+    there is none."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        return {}
+    info: dict[str, str] = {}
+    for line in text.split("\n\n")[0].splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def _cpu_model() -> str:
+    return cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _cpu_count() -> int:

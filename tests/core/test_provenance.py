@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from farnet.core import provenance
 from farnet.core.provenance import (
     git_commit, hardware_description, params_hash, provenance_header, replication_gaps, run_label,
 )
@@ -126,6 +127,21 @@ def test_git_commit_marks_dirty_tree(tmp_path):
     assert git_commit(tmp_path) == f"{clean}-dirty"
 
 
-def test_hardware_description_names_cores_and_torch():
+def test_hardware_description_names_cores_vector_unit_and_torch():
     text = hardware_description()
     assert "cores" in text and "torch" in text
+    assert f"cores, {provenance.cpu_isa()})" in text
+
+
+@pytest.mark.parametrize(("flags", "isa"), [
+    ("fpu sse2 avx2 fma avx512f avx512_bf16 amx_bf16", "amx"),
+    ("fpu sse2 avx2 fma avx512f avx512_bf16", "avx512-bf16"),
+    ("fpu sse2 avx2 fma avx512f", "avx512"),
+    ("fpu sse2 avx2 fma", "avx2"),
+    ("fpu sse2", "sse"),
+])
+def test_cpu_isa_names_the_widest_vector_unit(monkeypatch, flags, isa):
+    monkeypatch.setattr(provenance, "cpuinfo", lambda: {"model name": "Some CPU", "flags": flags})
+    assert provenance.cpu_isa() == isa
+    assert provenance.cpu_kind() == f"Some CPU {isa}"
+    assert hardware_description().startswith(f"Some CPU ({provenance._cpu_count()} cores, {isa}), torch ")

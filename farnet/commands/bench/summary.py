@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from farnet.core import fileio
+from farnet.core.provenance import cpu_isa, cpuinfo
 
 # The authors' implementation, fp32 eager, on the project's 2-core AVX-512/bf16 CPU at 800×640 with a tuned
 # malloc, as `farnet bench` runs (docs/design.md §7). Measured on that machine only: the ratios mean something there alone.
@@ -82,7 +83,7 @@ def cpu_peak_estimate() -> dict:
     double that for bf16; AMX tiles give about 1024 bf16 FLOP/cycle. The clock is the current one from
     /proc/cpuinfo (turbo and throttling make it approximate).
     """
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cores = min(cores, torch.get_num_threads())
@@ -107,19 +108,6 @@ def cpu_peak_estimate() -> dict:
             "estimate": True,
             "source": f"ESTIMATE: {cores} cores x {ghz:.2f} GHz x {bf16} bf16 ({bf16_why}) / {fp32} fp32 ({why}) "
                       "FLOP per cycle per core; not a measured peak"}
-
-
-def _cpuinfo() -> dict[str, str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    info: dict[str, str] = {}
-    for line in text.split("\n\n")[0].splitlines():
-        if ":" in line:
-            key, value = line.split(":", 1)
-            info.setdefault(key.strip(), value.strip())
-    return info
 
 
 # the plain fast path every other path is compared with: bf16 autocast + channels_last, eager (docs/design.md §7)
@@ -173,7 +161,7 @@ def add_ratios(results: dict, flops: dict, peak: dict, device: torch.device, siz
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return _cpuinfo().get("model name") or "unknown CPU"
+    return cpuinfo().get("model name") or "unknown CPU"
 
 
 def device_slug(device: torch.device) -> str:
@@ -181,15 +169,6 @@ def device_slug(device: torch.device) -> str:
     AVX-512 BF16 and one with AVX2 only) or the CUDA device's name, e.g. ``nvidia-h100-80gb-hbm3``."""
     slug = fileio.device_slug(device_name(device))
     return slug if device.type == "cuda" else f"cpu-{slug}-{cpu_isa()}"
-
-
-def cpu_isa() -> str:
-    """The widest vector unit of this CPU that the convolutions use: amx, avx512-bf16, avx512, avx2 or sse."""
-    flags = set(_cpuinfo().get("flags", "").split())
-    for flag, tag in (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"), ("avx2", "avx2")):
-        if flag in flags:
-            return tag
-    return "sse"
 
 
 def write_report(report: dict, table: str, out: Path) -> None:
