@@ -212,9 +212,9 @@ def _run_fields(run_name: str, device: torch.device, info: dict, budget: TrainBu
     """How the run is made, as ``run.json`` opens: command, device, code, carry, budget."""
     return {"command": shlex.join(sys.argv), "run": run_name, "device": str(device),
             "hardware": provenance.hardware_description(), "torch": torch.__version__,
-            "git_commit": provenance.git_commit(Path.cwd()),
+            "git_commit": provenance.code_commit(),
             # where no git is (a working tree copied to a GPU node or cloud box): matched to a commit on import
-            "code_digest": provenance.code_digest(Path(__file__).resolve().parents[2]),
+            "code_digest": provenance.code_digest(provenance.CODE_ROOT),
             "carry": {k: v for k, v in info.items() if k != "attempts"},
             "budget": _budget_record(budget), "deadline_s": plan.deadline_s,
             "started": datetime.fromtimestamp(deadline.started_at, timezone.utc).isoformat(timespec="seconds"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from farnet.core.errors import DataError
 from farnet.core.fileio import device_slug, write_json
 from farnet.report.gpu import GPU_FOLDER, OPTIONAL, REQUIRED, benchmark_record, read_gpu_run
-from farnet.core.provenance import UNKNOWN, commit_of_digest
+from farnet.core.provenance import CODE_ROOT, UNKNOWN, commit_of_digest
 from farnet.report.tables import check_gpu_run, load_paper_tables
 
 
@@ -44,7 +44,7 @@ def import_gpu_run(source: str | Path, results: str | Path) -> list[Path]:
     for name in (*REQUIRED, *OPTIONAL):
         if name == "run.json" and gpu.run.get("git_commit") == UNKNOWN and gpu.run.get("code_digest"):
             # made without git: named by the commit here whose code it ran, when there is one
-            commit = commit_of_digest(gpu.run["code_digest"], Path(__file__).resolve().parents[2])
+            commit = commit_of_digest(gpu.run["code_digest"], CODE_ROOT)
             gpu.run.update(git_commit=commit or UNKNOWN, git_commit_source=(
                 "code digest of the run matched this commit at import" if commit else
                 "unknown: the run's code digest matched no clean checkout at import"))

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                          "profile": plan["profile"], "run": plan["run"], "train_info": info,
                          "argmax_floor_mm": floor, "cpu": provenance.cpu_kind(),
                          "wall_s": round(time.perf_counter() - started, 1),
-                         "git_commit": provenance.git_commit(Path.cwd())})
+                         "git_commit": provenance.code_commit()})
         print(f"settle {name}: {info['steps']} steps in {info['train_wall_s']} s -> {out}")
     table = settling_table([read_json_object(p) for p in sorted(args.out.glob("*.json"))
                             if p.stem in names])

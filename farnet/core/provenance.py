@@ -45,6 +45,20 @@ def git_commit(repo_dir: str | Path) -> str:
     return f"{head}-dirty" if code else head
 
 
+#: the checkout whose code is running (the source tree of an editable install): a run records its commit, whatever
+#: the working directory. A pipeline run in one checkout with an environment installed from another runs the
+#: other's code, and the working directory's commit would name code that did not run.
+CODE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def code_commit() -> str:
+    """:func:`git_commit` of the code that is running (:data:`CODE_ROOT`); ``"unknown"`` for an installed copy that
+    is no source tree (a wheel in site-packages: the git work tree around it, if any, is not its code)."""
+    if not (CODE_ROOT / "pyproject.toml").is_file():
+        return UNKNOWN
+    return git_commit(CODE_ROOT)
+
+
 #: the files whose contents decide what a run computes (the code and its parameters), for :func:`code_digest`
 CODE_FILES = ("farnet/**/*.py", "baselines/**/*.py", "farnet/report/reference/*.yaml", "params.yaml")
 

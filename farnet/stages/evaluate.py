@@ -151,7 +151,7 @@ def run_info(trained: dict, info: dict, dataset_info: dict) -> dict:
         "hardware": info["hardware"], "device": info["device"], "train_wall_s": info["train_wall_s"],
         # which schedule ran (None: written before schedules were recorded) and, for data from a carry, its form
         "schedule": info.get("schedule"), "data_form": dataset_info.get("carry"),
-        "git_commit": provenance.git_commit(Path.cwd()), "params_hash": provenance.params_hash(trained),
+        "git_commit": provenance.code_commit(), "params_hash": provenance.params_hash(trained),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
         "torch": torch.__version__,
     }

@@ -212,7 +212,7 @@ class _RunEnd:
             "normalization": {"scale": 1 / 255, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                               "channels": "grey replicated to 3"},
             "backbone": params.model.backbone, "params": effective_dict(params),
-            "git_commit": provenance.git_commit(Path.cwd()), "selected_epoch": selected_epoch,
+            "git_commit": provenance.code_commit(), "selected_epoch": selected_epoch,
             "spacing_mm": _default_spacing(self.view), "spacing_original_wh": _shared_size(self.view),
             "weights_dtype": t.save_dtype,
         }

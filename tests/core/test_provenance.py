@@ -145,3 +145,28 @@ def test_cpu_isa_names_the_widest_vector_unit(monkeypatch, flags, isa):
     assert provenance.cpu_isa() == isa
     assert provenance.cpu_kind() == f"Some CPU {isa}"
     assert hardware_description().startswith(f"Some CPU ({provenance._cpu_count()} cores, {isa}), torch ")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_a_run_records_the_commit_of_the_code_that_runs_not_of_the_working_directory(tmp_path, monkeypatch):
+    def repo(path, text):
+        path.mkdir()
+        (path / "pyproject.toml").write_text(text)
+        for args in (["init", "-q"], ["add", "pyproject.toml"],
+                     ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", text]):
+            subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True)
+        return git_commit(path)
+    code, other = repo(tmp_path / "code", "[project]\nname = 'a'\n"), repo(tmp_path / "other", "[project]\nname = 'b'\n")
+    assert code != other
+    monkeypatch.chdir(tmp_path / "other")  # `dvc repro` in one checkout, the environment installed from another
+    monkeypatch.setattr(provenance, "CODE_ROOT", tmp_path / "code")
+    assert provenance.code_commit() == code
+    (tmp_path / "code" / "pyproject.toml").write_text("changed\n")
+    assert provenance.code_commit() == f"{code}-dirty"
+    monkeypatch.setattr(provenance, "CODE_ROOT", tmp_path / "other" / ".venv" / "site-packages")  # a wheel's copy
+    assert provenance.code_commit() == "unknown"
+
+
+def test_the_code_root_is_this_checkout():
+    assert (provenance.CODE_ROOT / "farnet" / "core" / "provenance.py").is_file()
+    assert provenance.code_commit() == git_commit(provenance.CODE_ROOT)

@@ -202,7 +202,7 @@ def _report_head(settings: BenchSettings, spec: dict, auto: FastPath, flops: dic
         "hardware": provenance.hardware_description(),
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": provenance.git_commit(Path.cwd()),
+        "git_commit": provenance.code_commit(),
         "quick": settings.quick,
         "settings": {**spec, "memory": memory_kind(device), "malloc": malloc_setting(),
                      "timing": "median of the timed runs after the warm-up; device synchronised before each clock "
