@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         floor = argmax_floor(params, prepared)
         write_json(out, {"name": name, "overrides": merge(plan.get("common") or {}, plan["runs"][name] or {}, name),
                          "profile": plan["profile"], "run": plan["run"], "train_info": info,
-                         "argmax_floor_mm": floor, "cpu": provenance.cpu_kind(),
+                         "argmax_floor": floor, "cpu": provenance.cpu_kind(),
                          "wall_s": round(time.perf_counter() - started, 1),
                          "git_commit": provenance.code_commit()})
         print(f"settle {name}: {info['steps']} steps in {info['train_wall_s']} s -> {out}")
@@ -167,7 +167,7 @@ def settling_table(records: list[dict[str, Any]]) -> str:
         for split in SPLITS:
             row[f"{split} MRE"] = last.get(f"{split}/mre_mm", np.nan)
             row[f"{split} >10mm %"] = last.get(f"{split}/outliers_pct", np.nan)
-        row["argmax floor Test1"] = r["argmax_floor_mm"].get("test1", np.nan)
+        row["argmax floor Test1"] = r["argmax_floor"].get("test1", np.nan)
         row["CPU"] = r["cpu"]
         row["commit"] = r["git_commit"][:7]
         rows.append(row)

@@ -39,7 +39,7 @@ def test_the_table_reads_the_last_measurement_of_each_run():
               "train_info": {"steps": 600, "train_wall_s": 570.0,
                              "monitor": [{"epoch": 5, "heldout/mre_mm": 2.5, "heldout/outliers_pct": 1.0,
                                           "test1/mre_mm": 2.7, "test1/outliers_pct": 1.5}]},
-              "argmax_floor_mm": {"test1": 0.29}, "cpu": "AMD EPYC (2 cores) avx512-bf16", "git_commit": "abcdef12"}
+              "argmax_floor": {"test1": 0.29}, "cpu": "AMD EPYC (2 cores) avx512-bf16", "git_commit": "abcdef12"}
     table = settle.settling_table([record])
     row = [line for line in table.splitlines() if line.startswith("| sigma6")][0].split("|")
     assert "heatmap.sigma_px=6.0, train.epochs=5" in row[2] and row[4].strip() == "0.95"  # s/step
@@ -73,7 +73,7 @@ def test_settle_trains_each_run_once_and_measures_it_on_the_held_out_images(mirr
                                     for k in ("mre_mm", "outliers_pct"))}
     assert base["train_info"]["n_train_images"] == 3 and base["train_info"]["steps"] == 3
     # the floor: perfect heatmaps decoded by argmax, finer at 128x128 than at 64x64, never zero
-    assert 0 < large["argmax_floor_mm"]["test1"] < base["argmax_floor_mm"]["test1"]
+    assert 0 < large["argmax_floor"]["test1"] < base["argmax_floor"]["test1"]
     assert np.isfinite(last["heldout/mre_mm"]) and base["overrides"]["data"] == {"train_limit": 3, "input_hw": None}
     assert "| large" in (tmp_path / "out" / "settling.md").read_text()
     assert json.loads((tmp_path / "work" / "prepared" / "isbi2015" / "dataset.json").read_text())["input_hw"] == [64, 64]
